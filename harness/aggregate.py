@@ -1,0 +1,54 @@
+"""Gather metrics.json files into results/tables.csv: one row per run and evaluation point, with
+the published value (and its source) beside the measured one, never in its place."""
+import json
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = ["scale", "paper", "row", "method", "model", "dataset", "level", "seed", "top1", "top5",
+           "sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",
+           "throughput", "device", "published_top1", "published_sparsity", "published_flops",
+           "published_source", "budget", "init", "notes", "commit"]
+
+
+def rows_from_metrics(metrics):
+    spec, train, env = metrics["spec"], metrics.get("train", {}), metrics.get("env", {})
+    pub = spec.get("published") or {}
+    for p in metrics["points"]:
+        yield {"scale": spec["scale"], "paper": spec["paper"], "row": spec["row"], "method": spec["method"],
+               "model": spec["model"], "dataset": spec["dataset"], "level": p.get("level"),
+               "seed": spec["seed"], "top1": p["top1"], "top5": p.get("top5"), "sparsity": p["sparsity"],
+               "nonzero_params": p["nonzero_params"], "prunable_params": p["prunable_params"],
+               "params": p["params"], "flops": p["flops"], "dense_flops": p["dense_flops"],
+               "wall_s": train.get("wall_s"), "throughput": train.get("throughput"),
+               "device": env.get("device"), "published_top1": pub.get("top1"),
+               "published_sparsity": pub.get("sparsity"), "published_flops": pub.get("flops"),
+               "published_source": pub.get("source"),
+               "budget": json.dumps(spec.get("budget") or {}, sort_keys=True), "init": spec.get("init"),
+               "notes": spec.get("notes"), "commit": env.get("commit")}
+
+
+def aggregate(paths, out_csv):
+    rows = []
+    for path in paths:
+        rows += list(rows_from_metrics(json.loads(Path(path).read_text())))
+    table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["scale", "paper", "row", "seed", "level"],
+                                                           na_position="first", kind="stable")
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out_csv).with_suffix(".csv.tmp")
+    table.to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(out_csv)
+    return table
+
+
+def summary(table, scale=None):
+    """A short terminal table: accuracy, sparsity and MFLOPs of each row, seeds averaged."""
+    t = table if scale is None else table[table.scale == scale]
+    if t.empty:
+        return "(no results)"
+    g = t.groupby(["scale", "paper", "row", "level"], dropna=False, sort=False).agg(
+        top1=("top1", "mean"), sparsity=("sparsity", "mean"), mflops=("flops", "mean"),
+        published=("published_top1", "first"), seeds=("seed", "nunique"))
+    g["mflops"] /= 1e6
+    return g.reset_index().drop(columns="level" if t.level.isna().all() else []).to_string(
+        index=False, float_format=lambda v: f"{v:.4g}")

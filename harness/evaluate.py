@@ -1,0 +1,57 @@
+"""Evaluate a trained model at each of its method's evaluation points and write metrics.json."""
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from harness import io
+from harness.metrics import accuracy, count_params, flops, layer_sparsity, sparsity_summary
+from harness.trainer import build_model, loaders_for, select_device
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def evaluate(spec, model_path, out_path, threads=None):
+    if threads:
+        torch.set_num_threads(threads)
+    device = select_device(spec.device)
+    _, test_loader, info = loaders_for(spec, device, spec.train_config.batch_size,
+                                       spec.train_config.eval_batch_size)
+    saved = io.load_torch(model_path, "trained model")
+    model, method = build_model(spec, info, device)
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as err:
+        raise RuntimeError(f"{model_path} does not fit model {spec.model!r} with method {spec.method!r} "
+                           f"({str(err).splitlines()[0]}); delete it to retrain") from None
+    method.load_state_dict(saved["method"])
+    method.finalize(model)
+    train_json = Path(model_path).with_name("train.json")
+    train = json.loads(train_json.read_text()) if train_json.exists() else {}
+    points = []
+    for level in method.evaluation_points():
+        with method.at_level(model, level):
+            acc = accuracy(model, test_loader, topk=(1, 5))
+            layers = layer_sparsity(model)
+            point = {"level": level, **acc, **sparsity_summary(layers),
+                     **flops(model, info.shape, layers, device), "params": count_params(model),
+                     "layers": layers}
+        points.append(point)
+    result = {"spec": json.loads(spec.to_json()), "points": points, "method_report": method.report(model),
+              "train": {k: v for k, v in train.items() if k != "history"},
+              "env": {"torch": torch.__version__, "commit": git_commit(), "host": platform.node(),
+                      "device": str(device),
+                      "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
+    io.save_json(result, out_path)
+    return result

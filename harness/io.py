@@ -1,0 +1,39 @@
+"""Atomic file writes: a killed job never leaves a half-written checkpoint or metrics file."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def _atomic(path, write):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_torch(obj, path):
+    _atomic(path, lambda f: torch.save(obj, f))
+
+
+def save_json(obj, path):
+    _atomic(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+
+
+def load_torch(path, what="checkpoint"):
+    """Load a torch file, turning a truncated or foreign file into a one-line error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise RuntimeError(f"{what} {path} is unreadable ({type(err).__name__}); "
+                           f"delete it to start this stage again") from None

@@ -1,0 +1,110 @@
+"""Every metric the harness reports, defined once.
+
+Prunable layers are all Conv2d and Linear modules (first and last layer included, as STR, ADMM and
+DeepHoyer count them); only their weights are counted, never biases or norm parameters. A layer's
+weight is read through `module.weight`, which under torch parametrizations (masks, soft
+thresholds, quantizers) is the effective weight the forward pass uses.
+
+FLOPs are multiply-accumulates (MACs), the unit the papers report (ResNet50: 4.09 G). They are
+counted with torch.utils.flop_counter (which counts 2 per MAC, hence the halving); sparse FLOPs
+scale each prunable layer's count by its weight density and keep the rest dense."""
+import time
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+
+
+def prunable_layers(model):
+    """(name, module) of every layer whose weight a sparsity method may prune."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+
+
+@torch.no_grad()
+def layer_sparsity(model):
+    """Per prunable layer: weights, nonzeros and the sparsity (fraction of zeros)."""
+    rows = []
+    for name, m in prunable_layers(model):
+        w = m.weight
+        nnz = int(torch.count_nonzero(w))
+        rows.append({"layer": name, "params": w.numel(), "nonzero": nnz,
+                     "sparsity": 1.0 - nnz / w.numel()})
+    return rows
+
+
+def sparsity_summary(layers):
+    """Overall sparsity over the prunable layers from `layer_sparsity` rows."""
+    total = sum(r["params"] for r in layers)
+    nnz = sum(r["nonzero"] for r in layers)
+    return {"sparsity": 1.0 - nnz / total if total else 0.0, "nonzero_params": nnz,
+            "prunable_params": total}
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def flops(model, input_shape, layers=None, device="cpu"):
+    """Dense and sparse MACs of one forward pass of a single input of `input_shape`."""
+    layers = layers if layers is not None else layer_sparsity(model)
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_shape, device=device))
+    model.train(was_training)
+    per_module = counter.get_flop_counts()
+    root = type(model).__name__
+    dense_total = counter.get_total_flops() / 2
+    prunable_dense = sparse = 0.0
+    for r in layers:
+        macs = sum(per_module.get(f"{root}.{r['layer']}", {}).values()) / 2
+        r["flops"] = macs
+        prunable_dense += macs
+        sparse += macs * (1.0 - r["sparsity"])
+    return {"dense_flops": dense_total, "flops": dense_total - prunable_dense + sparse}
+
+
+@torch.no_grad()
+def accuracy(model, loader, topk=(1, 5)):
+    """Top-k accuracy in percent and mean cross-entropy over a whole loader."""
+    model.eval()
+    correct = {k: 0 for k in topk}
+    n, loss = 0, 0.0
+    for x, y in loader:
+        out = model(x).float()
+        loss += nn.functional.cross_entropy(out, y, reduction="sum").item()
+        top = out.topk(max(topk), dim=1).indices
+        hit = top == y[:, None]
+        for k in topk:
+            correct[k] += hit[:, :k].any(1).sum().item()
+        n += len(y)
+    result = {f"top{k}": 100.0 * correct[k] / n for k in topk if k <= out.shape[1]}
+    result["loss"] = loss / n
+    return result
+
+
+class Throughput:
+    """Samples per second over a timed region; synchronises CUDA so the time is real."""
+
+    def __init__(self, device):
+        self.device, self.samples, self.seconds = torch.device(device), 0, 0.0
+
+    def __enter__(self):
+        self._sync()
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self._sync()
+        self.seconds += time.perf_counter() - self._t
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @property
+    def per_second(self):
+        return self.samples / self.seconds if self.seconds else 0.0

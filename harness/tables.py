@@ -1,0 +1,268 @@
+"""Paper tables: load config/papers/<paper>.yaml, check it, and expand its rows into run specs.
+
+A row's settings are merged in this order, later winning: the paper's `defaults`, the selected
+scale's section, the row itself, the row's own `scales.<scale>` section. A scale may then map the
+row's model and dataset to its own (`models:` / `datasets:`, with "*" for every name). A row with
+`grid:` stands for one row per combination of its values, named by filling `{key}` in its name.
+
+Every mistake is reported as one line: `<file>: row '<row>': <what is wrong and how to fix it>`."""
+import copy
+import difflib
+import itertools
+import types
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+import data
+import methods
+import models
+from harness.spec import RunSpec, TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPERS_DIR = ROOT / "config" / "papers"
+SCALES = ("smoke", "laptop", "paper")
+
+
+class TableError(ValueError):
+    """A paper table is wrong; the message is one line naming the file, the row and the fix."""
+
+
+def paper_names(papers_dir=PAPERS_DIR):
+    return sorted(p.stem for p in Path(papers_dir).glob("*.yaml"))
+
+
+def _deep_merge(base, over):
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _suggest(word, choices):
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(choices))}"
+
+
+def _schema_error(err, schema_path):
+    """One readable line from a jsonschema error."""
+    where = list(err.absolute_path)
+    row = where[1] if len(where) > 1 and where[0] == "rows" else None
+    at = ".".join(str(p) for p in (where[2:] if row is not None else where)) or "top level"
+    if err.validator == "additionalProperties":
+        allowed = err.schema.get("properties", {}).keys() | set()
+        for pattern in err.schema.get("patternProperties", {}):
+            allowed |= {s for s in ("smoke", "laptop", "paper") if pattern.startswith("^(")}
+        extra = [k for k in err.instance if k not in allowed]
+        msg = f"unknown key {extra[0]!r} in {at}; {_suggest(extra[0], allowed)}"
+    elif err.validator == "required":
+        msg = f"{at} is missing a field: {err.message}"
+    else:
+        msg = f"{at}: {err.message}"
+    return row, msg
+
+
+def _coerce(value, typ, what):
+    """Check a hyperparameter against its dataclass field type; YAML reads 1e-3 as a string."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(typ):
+            return None
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        try:
+            if not isinstance(value, bool):
+                return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif typ in (list, dict, str) or typing.get_origin(typ) in (list, dict):
+        if isinstance(value, typing.get_origin(typ) or typ):
+            return value
+    else:
+        return value
+    raise ValueError(f"{what}={value!r} should be of type {getattr(typ, '__name__', typ)}")
+
+
+def check_dataclass_args(cls, given, what):
+    """Unknown keys get a suggestion; known keys are type-checked and coerced."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    out = {}
+    for k, v in (given or {}).items():
+        if k not in known:
+            raise ValueError(f"unknown {what} key {k!r}; {_suggest(k, known)}")
+        out[k] = _coerce(v, hints[k], f"{what}.{k}")
+    return out
+
+
+def check_budget(method_cls, budget):
+    keys = method_cls.budget_keys
+    for k, v in budget.items():
+        if k not in keys:
+            if not keys:
+                raise ValueError(f"method {method_cls.name!r} takes no budget; remove budget.{k}")
+            raise ValueError(f"unknown budget key {k!r} for method {method_cls.name!r}; {_suggest(k, keys)}")
+        spec = keys[k]
+        values = v.values() if isinstance(v, dict) else [v]
+        for x in values:
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not spec.low <= x < spec.high:
+                raise ValueError(f"budget.{k}={x!r} is outside [{spec.low}, {spec.high}): "
+                                 f"{spec.meaning}")
+    for k, spec in keys.items():
+        if spec.required and k not in budget:
+            raise ValueError(f"method {method_cls.name!r} needs budget.{k} ({spec.meaning})")
+
+
+def _expand_grid(name, row):
+    grid = row.get("grid")
+    if not grid:
+        yield name, row
+        return
+    keys = list(grid)
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        concrete = {k: v for k, v in row.items() if k != "grid"}
+        labels = {}
+        for key, value in zip(keys, combo):
+            *parents, leaf = key.split(".")
+            node = concrete
+            for p in parents:
+                node[p] = dict(node.get(p) or {})
+                node = node[p]
+            node[leaf] = value
+            labels[leaf] = value
+        try:
+            yield name.format(**labels), concrete
+        except KeyError as err:
+            raise ValueError(f"row name {name!r} uses {{{err.args[0]}}}, which is not a grid key") from None
+
+
+def _mapped(mapping, name):
+    mapping = mapping or {}
+    return mapping.get(name, mapping.get("*", name))
+
+
+class PaperTable:
+    def __init__(self, path, schema_path=ROOT / "config" / "paper.schema.yaml"):
+        self.path = Path(path)
+        self.name = self.path.stem
+        try:
+            self.doc = yaml.safe_load(self.path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark else ""
+            raise TableError(f"{self._rel()}: not valid YAML{line}: {getattr(err, 'problem', err)}") from None
+        schema = yaml.safe_load(Path(schema_path).read_text())
+        errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(self.doc),
+                        key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+        if errors:
+            row, msg = _schema_error(errors[0], schema_path)
+            self._fail(row, msg)
+
+    def _rel(self):
+        try:
+            return str(self.path.resolve().relative_to(ROOT))
+        except ValueError:
+            return str(self.path)
+
+    def _fail(self, row, msg):
+        where = f"row '{row}': " if row is not None else ""
+        raise TableError(f"{self._rel()}: {where}{msg}")
+
+    def rows(self):
+        for name, row in self.doc["rows"].items():
+            try:
+                yield from _expand_grid(name, row)
+            except ValueError as err:
+                self._fail(name, str(err))
+
+    def specs(self, scale, seeds, data_dir="data/downloads", device="auto"):
+        """Every row of this table that exists at `scale`, as one RunSpec per seed."""
+        scale_doc = self.doc["scales"][scale]
+        out = []
+        for name, row in self.rows():
+            if row.get("at_scales") and scale not in row["at_scales"]:
+                continue
+            try:
+                spec = self._resolve(name, row, scale, scale_doc)
+            except (ValueError, KeyError) as err:
+                self._fail(name, err.args[0] if err.args else str(err))
+            for seed in seeds:
+                out.append(RunSpec(seed=seed, data_dir=data_dir, device=device, **spec))
+        return out
+
+    def _resolve(self, name, row, scale, scale_doc):
+        settings = {k: v for k, v in row.items() if k not in ("scales", "at_scales", "published", "notes")}
+        scale_settings = {k: v for k, v in scale_doc.items() if k in ("train", "method_args", "model_args",
+                                                                      "dataset_args")}
+        merged = _deep_merge(_deep_merge(_deep_merge(self.doc.get("defaults", {}), scale_settings), settings),
+                             (row.get("scales") or {}).get(scale))
+        for field_name in ("method", "model", "dataset"):
+            if field_name not in merged:
+                raise ValueError(f"no {field_name} given; set `{field_name}:` in the row or in `defaults:`")
+        model = _mapped(scale_doc.get("models"), merged["model"])
+        dataset = _mapped(scale_doc.get("datasets"), merged["dataset"])
+        models.check_model(model)
+        data.check_dataset(dataset)
+        method_cls = methods.get_method(merged["method"])
+        budget = merged.get("budget") or {}
+        check_budget(method_cls, budget)
+        train = check_dataclass_args(TrainConfig, merged.get("train"), "train")
+        method_args = check_dataclass_args(method_cls.Args, merged.get("method_args"), "method_args")
+        if merged.get("init") == "pretrain" and self.doc.get("pretrain") is None:
+            raise ValueError("init: pretrain needs a `pretrain:` section in this paper table")
+        notes = "; ".join(filter(None, [scale_doc.get("note"), row.get("notes")]))
+        return dict(scale=scale, paper=self.name, row=name, method=merged["method"], model=model,
+                    dataset=dataset, train=train, model_args=merged.get("model_args") or {},
+                    dataset_args=merged.get("dataset_args") or {}, method_args=method_args,
+                    budget=budget, init=merged.get("init"), published=row.get("published") or {},
+                    notes=notes)
+
+    def pretrain_spec(self, spec: RunSpec) -> RunSpec:
+        """The shared dense model that `spec` starts from: same model, data, scale and seed."""
+        pre = self.doc["pretrain"]
+        train = _deep_merge(pre.get("train"), (pre.get("scales") or {}).get(spec.scale, {}).get("train"))
+        try:
+            train = check_dataclass_args(TrainConfig, train, "pretrain.train")
+        except ValueError as err:
+            self._fail(None, str(err))
+        return RunSpec(scale=spec.scale, paper=spec.paper, row=pretrain_row(spec), seed=spec.seed,
+                       method="dense", model=spec.model, dataset=spec.dataset, train=train,
+                       model_args=spec.model_args, dataset_args=spec.dataset_args,
+                       data_dir=spec.data_dir, device=spec.device)
+
+
+def pretrain_row(spec):
+    """Runs share a dense model when model, data and their options agree."""
+    extra = RunSpec(scale="", paper="", row="", seed=0, method="", model="", dataset="", train={},
+                    model_args=spec.model_args, dataset_args=spec.dataset_args).result_fingerprint()[:6] \
+        if (spec.model_args or spec.dataset_args) else ""
+    return "pretrain-" + "-".join(filter(None, [spec.model, spec.dataset, extra]))
+
+
+def load_tables(papers, papers_dir=PAPERS_DIR):
+    known = paper_names(papers_dir)
+    tables = {}
+    for p in papers:
+        if p not in known:
+            raise TableError(f"config: papers: unknown paper {p!r}; {_suggest(p, known)} "
+                             f"(tables live in {Path(papers_dir).name}/<paper>.yaml)")
+        tables[p] = PaperTable(Path(papers_dir) / f"{p}.yaml")
+    return tables
+
+
+def runs_for(config, papers_dir=PAPERS_DIR, scale=None):
+    """(tables, runs) for the configured papers at `scale` (default: the configured one)."""
+    tables = load_tables(config["papers"], papers_dir)
+    runs = []
+    for table in tables.values():
+        runs += table.specs(scale or config["scale"], config["seeds"], config["data_dir"], config["device"])
+    return tables, runs

@@ -1,0 +1,239 @@
+"""The one trainer every method runs in. A method plugs in through the hooks of methods.base.Method;
+the trainer owns data, optimisation, mixed precision, checkpoints and resume, and progress output.
+
+A run folder holds spec.json, checkpoint.pt (rolling, every epoch, written atomically), train.json
+(the per-epoch history) and model.pt (the trained model with its method's state)."""
+
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+import methods
+import models
+from harness import io
+from harness.metrics import Throughput, accuracy, layer_sparsity, sparsity_summary
+from harness.schedules import LRSchedule
+from harness.spec import RunSpec
+
+
+class Divergence(RuntimeError):
+    """Training produced a non-finite loss."""
+
+
+def select_device(name="auto"):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; set device: auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed, device):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+
+def build_model(spec: RunSpec, info, device, init_state=None):
+    """Model from the registry, optional starting weights, then the method's changes."""
+    model = models.create_model(spec.model, num_classes=info.num_classes, in_channels=info.shape[0],
+                                **_model_kwargs(spec, info))
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    method = methods.get_method(spec.method)
+    method = method(method.Args(**spec.method_args), spec.budget)
+    model = method.build(model).to(device)
+    if device.type == "cuda" and any(p.dim() == 4 for p in model.parameters()):
+        model = model.to(memory_format=torch.channels_last)
+    return model, method
+
+
+def _model_kwargs(spec, info):
+    kwargs = dict(spec.model_args)
+    if spec.model.startswith("lenet"):
+        kwargs.setdefault("input_size", info.shape[-1])
+    return kwargs
+
+
+def loaders_for(spec, device, batch_size, eval_batch_size=0, workers=4):
+    return data.make_loaders(spec.dataset, spec.data_dir, batch_size, device, seed=spec.seed,
+                             eval_batch_size=eval_batch_size or None, workers=workers,
+                             **spec.dataset_args)
+
+
+def make_optimizer(cfg, groups):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd, adam or adamw")
+
+
+class Trainer:
+    def __init__(self, spec: RunSpec, out_dir, init_path=None, threads=None, log=print):
+        self.spec, self.cfg, self.out = spec, spec.train_config, Path(out_dir)
+        self.init_path, self.log = init_path, log
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = select_device(spec.device)
+        seed_everything(spec.seed, self.device)
+        self.train_loader, self.test_loader, self.info = loaders_for(
+            spec, self.device, self.cfg.batch_size, self.cfg.eval_batch_size)
+        init_state = None
+        if init_path:
+            init_state = io.load_torch(init_path, "starting model")["state_dict"]
+        self.model, self.method = build_model(spec, self.info, self.device, init_state)
+        groups = self.method.param_groups(self.model, self.cfg.weight_decay, self.cfg.norm_decay)
+        self.optimizer = make_optimizer(self.cfg, groups)
+        self.lr_at = LRSchedule(self.cfg.lr, self.cfg.epochs, self.cfg.schedule, self.cfg.warmup_epochs,
+                                tuple(self.cfg.milestones), self.cfg.gamma, self.cfg.lr_per_epoch)
+        amp = self.cfg.amp and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.autocast = (lambda: torch.autocast("cuda", self.amp_dtype)) if amp else nullcontext
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.amp_dtype == torch.float16)
+        self.epoch, self.step, self.wall_s, self.history = 0, 0, 0.0, []
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self):
+        return self.out / "checkpoint.pt"
+
+    def save_checkpoint(self):
+        io.save_torch({"fingerprint": self.spec.result_fingerprint(), "epoch": self.epoch,
+                       "step": self.step, "wall_s": self.wall_s, "history": self.history,
+                       "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                       "scaler": self.scaler.state_dict(), "method": self.method.state_dict(),
+                       "rng": torch.get_rng_state()}, self.checkpoint_path)
+
+    def try_resume(self):
+        if not self.checkpoint_path.exists():
+            return False
+        ck = io.load_torch(self.checkpoint_path)
+        if ck["fingerprint"] != self.spec.result_fingerprint():
+            self.log(f"checkpoint {self.checkpoint_path} belongs to other settings; starting afresh")
+            return False
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.method.load_state_dict(ck["method"])
+        torch.set_rng_state(ck["rng"])
+        self.epoch, self.step, self.wall_s, self.history = ck["epoch"], ck["step"], ck["wall_s"], ck["history"]
+        self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch}/{self.cfg.epochs}")
+        return True
+
+    # -- training ---------------------------------------------------------------------------------
+    def progress(self):
+        return methods.Progress(self.epoch, self.step, len(self.train_loader), self.cfg.epochs)
+
+    def train_epoch(self):
+        model, method, opt, cfg = self.model, self.method, self.optimizer, self.cfg
+        model.train()
+        self.train_loader.set_epoch(self.epoch)
+        method.on_epoch_start(model, self.progress())
+        steps = len(self.train_loader)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        timer = Throughput(self.device)
+        bar = _progress_bar(steps, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        with timer:
+            for i, (x, y) in enumerate(self.train_loader):
+                lr = self.lr_at(self.epoch + i / steps)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                if self.device.type == "cuda" and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with self.autocast():
+                    out = model(x)
+                    loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+                    loss = method.loss(model, out, loss)
+                opt.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if cfg.grad_clip > 0:
+                    self.scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                self.scaler.step(opt)
+                self.scaler.update()
+                self.step += 1
+                method.on_step(model, self.progress())
+                loss_sum += loss.detach() * len(y)
+                correct += (out.argmax(1) == y).sum()
+                timer.samples += len(y)
+                if i % 50 == 49 or i == steps - 1:
+                    self._check_finite(loss_sum, lr)
+                if bar:
+                    bar.update(1)
+        if bar:
+            bar.close()
+        n = timer.samples
+        return {"loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n, "lr": lr,
+                "throughput": timer.per_second, "train_s": timer.seconds}
+
+    def _check_finite(self, loss_sum, lr):
+        if not torch.isfinite(loss_sum):
+            raise Divergence(f"loss became non-finite in epoch {self.epoch + 1} (lr {lr:.4g}); "
+                             f"lower train.lr or set train.grad_clip in the paper table")
+
+    def run(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        io.save_json(_jsonable(self.spec), self.out / "spec.json")
+        self.try_resume()
+        while self.epoch < self.cfg.epochs:
+            t0 = time.perf_counter()
+            stats = self.train_epoch()
+            last = self.epoch + 1 == self.cfg.epochs
+            if last or (self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0):
+                stats["test_top1"] = accuracy(self.model, self.test_loader, topk=(1,))["top1"]
+            stats["sparsity"] = sparsity_summary(layer_sparsity(self.model))["sparsity"]
+            self.epoch += 1
+            self.wall_s += time.perf_counter() - t0
+            stats.update(epoch=self.epoch, seconds=time.perf_counter() - t0)
+            self.history.append(stats)
+            self.save_checkpoint()
+            self.log(_epoch_line(stats, self.cfg.epochs))
+        summary = {"epochs": self.cfg.epochs, "wall_s": self.wall_s, "history": self.history,
+                   "throughput": _mean([h["throughput"] for h in self.history]),
+                   "device": str(self.device), "threads": torch.get_num_threads()}
+        io.save_torch({"state_dict": self.model.state_dict(), "method": self.method.state_dict(),
+                       "spec": _jsonable(self.spec)}, self.out / "model.pt")
+        io.save_json(summary, self.out / "train.json")
+        return summary
+
+
+def _jsonable(spec):
+    import json
+    return json.loads(spec.to_json())
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def _epoch_line(s, epochs):
+    test = f" test_top1 {s['test_top1']:.2f}" if "test_top1" in s else ""
+    return (f"epoch {s['epoch']}/{epochs} loss {s['loss']:.4f} train_acc {s['train_acc']:.2f}{test} "
+            f"sparsity {s['sparsity']:.4f} lr {s['lr']:.4g} {s['throughput']:.0f} samples/s "
+            f"{s['seconds']:.1f}s")
+
+
+def _progress_bar(total, desc):
+    if not sys.stderr.isatty() or os.environ.get("HARNESS_NO_BAR"):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+
+

@@ -1,0 +1,113 @@
+"""The method interface: one trainer, many methods, each a small class the trainer calls at fixed
+points. A method only overrides the hooks where its paper differs from plain training."""
+import contextlib
+import difflib
+from dataclasses import dataclass
+
+_METHODS = {}
+
+
+def register_method(cls):
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def method_names():
+    return sorted(_METHODS)
+
+
+def get_method(name):
+    if name not in _METHODS:
+        close = difflib.get_close_matches(name, _METHODS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known methods: {', '.join(method_names())}"
+        raise KeyError(f"unknown method {name!r}; {hint}")
+    return _METHODS[name]
+
+
+@dataclass
+class NoArgs:
+    pass
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget key a method accepts: its admissible range [low, high) and what it means."""
+    low: float
+    high: float
+    meaning: str
+    required: bool = True
+
+
+@dataclass
+class Progress:
+    """Where training stands; handed to the schedule hooks."""
+    epoch: int
+    step: int                 # optimizer steps taken so far, over the whole run
+    steps_per_epoch: int
+    epochs: int
+
+    @property
+    def total_steps(self):
+        return self.steps_per_epoch * self.epochs
+
+
+class Method:
+    name = "base"
+    Args = NoArgs             # the method's own hyperparameters (a dataclass), from `method_args`
+    budget_keys: dict = {}    # budget key -> Budget
+
+    def __init__(self, args=None, budget=None):
+        self.args = args if args is not None else self.Args()
+        self.budget = dict(budget or {})
+
+    # -- hooks, in the order the trainer calls them --------------------------------------------
+    def build(self, model):
+        """Replace or wrap layers; return the model."""
+        return model
+
+    def param_groups(self, model, weight_decay, norm_decay=True):
+        """Optimizer groups. By default every parameter gets weight decay unless norm_decay is
+        off, which exempts norm weights and biases (1-d tensors)."""
+        if norm_decay:
+            return [{"params": [p for p in model.parameters() if p.requires_grad],
+                     "weight_decay": weight_decay}]
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (no_decay if p.dim() <= 1 else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def loss(self, model, outputs, base_loss):
+        """Add regularizers or penalty terms to the task loss."""
+        return base_loss
+
+    def on_epoch_start(self, model, progress):
+        pass
+
+    def on_step(self, model, progress):
+        """After each optimizer step: schedules, projections, mask updates."""
+        pass
+
+    def finalize(self, model):
+        """Hard pruning or quantization before the final evaluation."""
+        pass
+
+    def evaluation_points(self):
+        """Compression levels to evaluate at; one row of results each. None = the model as is."""
+        return [None]
+
+    def at_level(self, model, level):
+        """Context in which the model runs at `level` (LCS, slimmable nets)."""
+        return contextlib.nullcontext()
+
+    def report(self, model):
+        """Extra per-run facts for metrics.json (thresholds, bit widths, ...)."""
+        return {}
+
+    # -- resume ---------------------------------------------------------------------------------
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass

@@ -1,0 +1,6 @@
+"""Model registry. Importing this package registers every model family."""
+from . import lenet, others, resnet  # noqa: F401  (registration side effects)
+from .layers import Layers, make_norm
+from .registry import check_model, create_model, model_names, register_model
+
+__all__ = ["Layers", "make_norm", "check_model", "create_model", "model_names", "register_model"]

@@ -1,0 +1,70 @@
+# Table expansion: every enabled paper's rows at the selected scale become run specs.
+import os
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from snakemake.utils import validate
+
+from harness.tables import TableError, runs_for, paper_names
+from harness import scheduling
+
+
+def _die(message):
+    # One line, no traceback: the message names the file, the row and the fix.
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+try:
+    validate(config, "../config/schema.yaml")
+except Exception as err:
+    _die(f"config/config.yaml (or --config): {str(err).splitlines()[0]}")
+
+SCALE = config["scale"]
+try:
+    TABLES, RUNS = runs_for(config)
+except TableError as err:
+    _die(str(err))
+
+PYTHON = sys.executable
+RUN_DIR = "results/runs/{scale}/{paper}/{row}/seed{seed}"
+SPECS = {(s.paper, s.row, str(s.seed)): s for s in RUNS}
+PRETRAIN = {}
+for _s in RUNS:
+    if _s.init == "pretrain":
+        _p = TABLES[_s.paper].pretrain_spec(_s)
+        PRETRAIN[(_p.paper, _p.row, str(_p.seed))] = _p
+
+
+def run_dir(spec):
+    return RUN_DIR.format(scale=spec.scale, paper=spec.paper, row=spec.row, seed=spec.seed)
+
+
+def spec_of(wc):
+    key = (wc.paper, wc.row, wc.seed)
+    return SPECS.get(key) or PRETRAIN[key]
+
+
+def init_model(wc):
+    spec = spec_of(wc)
+    if spec.init != "pretrain":
+        return []
+    return run_dir(TABLES[spec.paper].pretrain_spec(spec)) + "/model.pt"
+
+
+def metrics_files(runs):
+    return [run_dir(s) + "/metrics.json" for s in runs]
+
+
+def other_scale_metrics():
+    """metrics.json already computed at the other scales, so tables.csv keeps every scale's rows."""
+    found = []
+    for scale in ("smoke", "laptop", "paper"):
+        if scale == SCALE:
+            continue
+        try:
+            found += [f for f in metrics_files(runs_for(config, scale=scale)[1]) if os.path.exists(f)]
+        except TableError:
+            pass
+    return found

@@ -1,0 +1,42 @@
+# Training and evaluation of one run; the shared dense model of a paper is a run like any other.
+# A killed job resumes from <run>/checkpoint.pt, which is not a declared output and so survives.
+
+
+rule train:
+    input:
+        init=init_model,
+    output:
+        model=RUN_DIR + "/model.pt",
+        history=RUN_DIR + "/train.json",
+    params:
+        spec=lambda wc: spec_of(wc).to_json(),
+        init=lambda wc, input: f"--init {input.init}" if input.init else "",
+    log:
+        RUN_DIR + "/train.log",
+    benchmark:
+        RUN_DIR + "/benchmark.tsv"
+    threads: 1
+    resources:
+        gpu=lambda wc: scheduling.gpus(spec_of(wc)),
+        mem_mb=lambda wc: scheduling.mem_mb(spec_of(wc)),
+        runtime=lambda wc, attempt: scheduling.runtime_min(spec_of(wc)) * attempt,
+    shell:
+        "HARNESS_NO_BAR=1 {PYTHON} -m harness train --spec {params.spec:q} --out $(dirname {output.model}) "
+        "{params.init} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        model=RUN_DIR + "/model.pt",
+    output:
+        RUN_DIR + "/metrics.json",
+    params:
+        spec=lambda wc: spec_of(wc).to_json(),
+    log:
+        RUN_DIR + "/evaluate.log",
+    threads: 1
+    resources:
+        gpu=lambda wc: min(1, scheduling.gpus(spec_of(wc))),
+    shell:
+        "{PYTHON} -m harness evaluate --spec {params.spec:q} --model {input.model} --out {output} "
+        "--threads {threads} > {log} 2>&1"
