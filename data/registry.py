@@ -3,9 +3,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable
 
-
-class DataMissing(FileNotFoundError):
-    """A data set is not where it should be; the message says how to get it."""
+from harness.errors import DataMissing  # noqa: F401  (re-exported for the loaders)
 
 
 @dataclass(frozen=True)

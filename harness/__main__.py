@@ -32,14 +32,12 @@ def main(argv=None):
     r.add_argument("--configfile", default="config/config.yaml")
     args = ap.parse_args(argv)
 
+    from harness.errors import HarnessError
     try:
         return _dispatch(args)
-    except Exception as err:  # one line for the user; the traceback helps nobody who mistyped
-        if getattr(err, "harness_user_error", True) and not isinstance(err, (AssertionError, AttributeError,
-                                                                             TypeError, NameError)):
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        raise
+    except HarnessError as err:  # the user's to fix: one line; anything else keeps its traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 def _spec(text):

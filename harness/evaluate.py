@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from harness import io
+from harness.errors import CheckpointError
 from harness.metrics import accuracy, count_params, flops, layer_sparsity, sparsity_summary
 from harness.trainer import build_model, loaders_for, select_device
 
@@ -33,7 +34,7 @@ def evaluate(spec, model_path, out_path, threads=None):
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as err:
-        raise RuntimeError(f"{model_path} does not fit model {spec.model!r} with method {spec.method!r} "
+        raise CheckpointError(f"{model_path} does not fit model {spec.model!r} with method {spec.method!r} "
                            f"({str(err).splitlines()[0]}); delete it to retrain") from None
     method.load_state_dict(saved["method"])
     method.finalize(model)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from harness.errors import CheckpointError
+
 
 def _atomic(path, write):
     path = Path(path)
@@ -35,5 +37,5 @@ def load_torch(path, what="checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise RuntimeError(f"{what} {path} is unreadable ({type(err).__name__}); "
+        raise CheckpointError(f"{what} {path} is unreadable ({type(err).__name__}); "
                            f"delete it to start this stage again") from None

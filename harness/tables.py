@@ -20,6 +20,7 @@ import yaml
 import data
 import methods
 import models
+from harness.errors import HarnessError
 from harness.spec import RunSpec, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ PAPERS_DIR = ROOT / "config" / "papers"
 SCALES = ("smoke", "laptop", "paper")
 
 
-class TableError(ValueError):
+class TableError(HarnessError, ValueError):
     """A paper table is wrong; the message is one line naming the file, the row and the fix."""
 
 

@@ -19,13 +19,10 @@ import data
 import methods
 import models
 from harness import io
+from harness.errors import Divergence
 from harness.metrics import Throughput, accuracy, layer_sparsity, sparsity_summary
 from harness.schedules import LRSchedule
 from harness.spec import RunSpec
-
-
-class Divergence(RuntimeError):
-    """Training produced a non-finite loss."""
 
 
 def select_device(name="auto"):
@@ -53,9 +50,13 @@ def build_model(spec: RunSpec, info, device, init_state=None):
     method = methods.get_method(spec.method)
     method = method(method.Args(**spec.method_args), spec.budget)
     model = method.build(model).to(device)
-    if device.type == "cuda" and any(p.dim() == 4 for p in model.parameters()):
+    if uses_conv(model):  # NHWC convolutions and pooling are faster on CUDA and on CPU (1.4x for LeNet-5)
         model = model.to(memory_format=torch.channels_last)
     return model, method
+
+
+def uses_conv(model):
+    return any(p.dim() == 4 for p in model.parameters())
 
 
 def _model_kwargs(spec, info):
@@ -103,6 +104,7 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
         self.autocast = (lambda: torch.autocast("cuda", self.amp_dtype)) if amp else nullcontext
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.amp_dtype == torch.float16)
+        self.channels_last = uses_conv(self.model)
         self.epoch, self.step, self.wall_s, self.history = 0, 0, 0.0, []
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ class Trainer:
                 lr = self.lr_at(self.epoch + i / steps)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                if self.device.type == "cuda" and x.dim() == 4:
+                if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with self.autocast():
                     out = model(x)

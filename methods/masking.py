@@ -35,11 +35,11 @@ def raw_weight(module):
 
 def magnitude_mask(scores, n_pruned):
     """Mask keeping all but the `n_pruned` smallest-|score| entries (ties broken by position)."""
-    mask = torch.ones_like(scores)
+    flat = scores.abs().flatten()          # logical order, whatever the memory format
+    mask = torch.ones_like(flat)
     if n_pruned > 0:
-        idx = scores.abs().flatten().argsort(stable=True)[:n_pruned]
-        mask.view(-1)[idx] = 0
-    return mask
+        mask[flat.argsort(stable=True)[:n_pruned]] = 0
+    return mask.view(scores.shape)
 
 
 def bake_masks(model):

@@ -24,8 +24,10 @@ def check_model(name):
         raise KeyError(f"unknown model {name!r}; {hint}")
 
 
-def create_model(name, num_classes, in_channels=3, layers=None, **kwargs):
-    """Build a registered model. `kwargs` are the constructor's own options (e.g. width)."""
+def create_model(name, num_classes, in_channels=None, layers=None, **kwargs):
+    """Build a registered model. `kwargs` are the constructor's own options (e.g. width);
+    in_channels defaults to the model's own (1 for the LeNets, 3 otherwise)."""
     check_model(name)
-    return _MODELS[name](num_classes=num_classes, in_channels=in_channels,
-                         layers=layers or Layers(), **kwargs)
+    if in_channels is not None:
+        kwargs["in_channels"] = in_channels
+    return _MODELS[name](num_classes=num_classes, layers=layers or Layers(), **kwargs)

@@ -1,0 +1,32 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORKFLOW_FILES = ["Snakefile", "config", "rules", "harness", "methods", "models", "data", "profiles"]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A copy of the workflow (code and config, no results) to run Snakemake in."""
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "downloads"))
+        else:
+            shutil.copy(src, tmp_path / name)
+    return tmp_path
+
+
+def snakemake(cwd, *args, check=True, timeout=900):
+    """Run the workflow with the interpreter running the tests (the project's venv)."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

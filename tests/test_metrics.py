@@ -1,0 +1,38 @@
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+from harness.metrics import accuracy, flops, layer_sparsity, sparsity_summary
+
+
+def test_sparsity_counts_conv_and_linear_weights_only():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].weight[0, 0, 0, 0] = 1.0          # 1 of 18 nonzero
+        model[3].weight[:, :16] = 0                 # 48 of 96 zero
+    layers = layer_sparsity(model)
+    assert [r["layer"] for r in layers] == ["0", "3"]
+    assert layers[0]["nonzero"] == 1 and layers[1]["nonzero"] == 48
+    s = sparsity_summary(layers)
+    assert s["prunable_params"] == 18 + 96 and s["nonzero_params"] == 49
+    assert s["sparsity"] == pytest.approx(1 - 49 / 114)
+
+
+def test_sparse_flops_scale_each_layer_by_its_density():
+    model = models.create_model("lenet300-100", 10)
+    with torch.no_grad():
+        model[1].weight[:, : 784 // 2] = 0          # first layer half dense
+    f = flops(model, (1, 28, 28))
+    assert f["dense_flops"] == 266_200
+    assert f["flops"] == 266_200 - 235_200 / 2
+
+
+def test_accuracy_topk_on_fixed_logits():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
+    y = torch.tensor([0, 2, 0, 1])
+    model = nn.Identity()
+    acc = accuracy(model, [(logits[:2], y[:2]), (logits[2:], y[2:])], topk=(1, 2))
+    assert acc["top1"] == 25.0 and acc["top2"] == 50.0
+    assert acc["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item())

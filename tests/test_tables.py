@@ -1,0 +1,102 @@
+"""Paper tables: expansion, and one clear line for every kind of mistake."""
+import copy
+
+import pytest
+import yaml
+
+from harness.tables import PaperTable, TableError, load_tables, runs_for
+
+BASE = {
+    "title": "t", "source": "test",
+    "scales": {"smoke": {"datasets": {"*": "synthetic"}}, "laptop": {"datasets": {"*": "fashion-mnist"}},
+               "paper": {}},
+    "pretrain": {"train": {"epochs": 2}},
+    "defaults": {"dataset": "mnist", "train": {"epochs": 3}},
+    "rows": {"dense": {"method": "dense", "model": "lenet300-100"},
+             "gmp": {"method": "gmp", "model": "lenet300-100", "budget": {"sparsity": 0.9}, "init": "pretrain"}},
+}
+
+
+def table(tmp_path, edit=None, name="mine"):
+    doc = copy.deepcopy(BASE)
+    if edit:
+        edit(doc)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return PaperTable(path)
+
+
+def error(tmp_path, edit):
+    with pytest.raises(TableError) as info:
+        table(tmp_path, edit).specs("laptop", [0])
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(str(tmp_path / "mine.yaml"))
+    return msg
+
+
+def test_rows_expand_with_scale_mapping_and_seeds(tmp_path):
+    specs = table(tmp_path).specs("smoke", [0, 1])
+    assert [(s.row, s.seed) for s in specs] == [("dense", 0), ("dense", 1), ("gmp", 0), ("gmp", 1)]
+    assert {s.dataset for s in specs} == {"synthetic"} and specs[2].budget == {"sparsity": 0.9}
+    assert table(tmp_path).specs("paper", [0])[0].dataset == "mnist"
+
+
+def test_merge_order_defaults_scale_row_rowscale(tmp_path):
+    def edit(doc):
+        doc["scales"]["laptop"]["train"] = {"epochs": 5, "lr": 0.5}
+        doc["rows"]["dense"]["train"] = {"lr": 0.25}
+        doc["rows"]["dense"]["scales"] = {"laptop": {"train": {"batch_size": 7}}}
+    spec = table(tmp_path, edit).specs("laptop", [0])[0]
+    assert spec.train == {"epochs": 5, "lr": 0.25, "batch_size": 7}
+
+
+def test_grid_rows(tmp_path):
+    def edit(doc):
+        doc["rows"] = {"{model}-gmp-{sparsity}": {"method": "gmp", "grid": {
+            "model": ["lenet300-100", "lenet5-caffe"], "budget.sparsity": [0.5, 0.9]}}}
+    rows = [s.row for s in table(tmp_path, edit).specs("laptop", [0])]
+    assert rows == ["lenet300-100-gmp-0.5", "lenet300-100-gmp-0.9", "lenet5-caffe-gmp-0.5", "lenet5-caffe-gmp-0.9"]
+
+
+def test_pretrain_spec_is_shared(tmp_path):
+    t = table(tmp_path)
+    gmp = t.specs("laptop", [0])[1]
+    pre = t.pretrain_spec(gmp)
+    assert pre.method == "dense" and pre.row == "pretrain-lenet300-100-fashion-mnist" and pre.train == {"epochs": 2}
+
+
+def test_yaml_floats_written_without_a_dot_are_accepted(tmp_path):
+    spec = table(tmp_path, lambda d: d["defaults"]["train"].update(lr="1e-3")).specs("laptop", [0])[0]
+    assert spec.train["lr"] == 0.001
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda d: d["rows"]["gmp"].update(method="gmpp"), "row 'gmp': unknown method 'gmpp'; did you mean 'gmp'?"),
+    (lambda d: d["rows"]["gmp"].update(model="lenet300"), "unknown model 'lenet300'; did you mean 'lenet300-100'?"),
+    (lambda d: d["scales"]["laptop"].update(datasets={"*": "fashionmnist"}), "unknown dataset 'fashionmnist'"),
+    (lambda d: d["rows"]["gmp"].update(budget={"sparsity": 1.5}), "budget.sparsity=1.5 is outside [0.0, 1.0)"),
+    (lambda d: d["rows"]["gmp"].update(budget={"sparsty": 0.9}), "unknown budget key 'sparsty' for method 'gmp'; did you mean 'sparsity'?"),
+    (lambda d: d["rows"]["gmp"].update(budget={}), "method 'gmp' needs budget.sparsity"),
+    (lambda d: d["rows"]["dense"].update(budget={"sparsity": 0.5}), "method 'dense' takes no budget"),
+    (lambda d: d["rows"]["gmp"].update(budgte={"sparsity": 0.9}), "row 'gmp': unknown key 'budgte' in top level; did you mean 'budget'?"),
+    (lambda d: d["rows"]["gmp"].update(train={"weight_deacy": 1e-4}), "unknown train key 'weight_deacy'; did you mean 'weight_decay'?"),
+    (lambda d: d["rows"]["gmp"].update(train={"epochs": "ten"}), "train.epochs='ten' should be of type int"),
+    (lambda d: d["rows"]["gmp"].update(method_args={"end_epohc": 3}), "unknown method_args key 'end_epohc'; did you mean 'end_epoch'?"),
+    (lambda d: d["rows"]["dense"].pop("model"), "row 'dense': no model given"),
+    (lambda d: d["rows"]["dense"].update(published={"top1": 98.0}), "published is missing a field: 'source' is a required property"),
+    (lambda d: d.pop("pretrain"), "init: pretrain needs a `pretrain:` section"),
+    (lambda d: d["scales"].update(lapotp={}), "unknown key 'lapotp' in scales"),
+])
+def test_mistakes_give_one_line_naming_file_row_and_fix(tmp_path, edit, expected):
+    assert expected in error(tmp_path, edit)
+
+
+def test_unknown_paper_in_config():
+    with pytest.raises(TableError, match="unknown paper 'gmpp'; did you mean 'gmp'"):
+        load_tables(["gmpp"])
+
+
+def test_shipped_tables_expand_at_every_scale():
+    for scale in ("smoke", "laptop", "paper"):
+        _, runs = runs_for({"papers": ["gmp"], "scale": scale, "seeds": [0], "data_dir": "d", "device": "cpu"})
+        assert len(runs) == 12 and all(r.scale == scale for r in runs)

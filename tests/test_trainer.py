@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.schedules import LRSchedule
+from harness.spec import RunSpec
+from harness.trainer import Divergence, Trainer
+from tests.conftest import ROOT
+
+
+def spec(**over):
+    base = dict(scale="smoke", paper="t", row="r", seed=0, method="dense", model="lenet300-100",
+                dataset="synthetic", dataset_args={"train_size": 512, "test_size": 256},
+                train={"epochs": 2, "batch_size": 64, "lr": 0.05}, device="cpu")
+    base.update(over)
+    return RunSpec(**base)
+
+
+@pytest.mark.parametrize("epoch, lr", [(0, 0.0512), (1, 0.1024), (4, 0.256), (5, 0.256), (6, 0.25593002),
+                                       (50, 0.13857016), (99, 6.998e-05), (50.7, 0.13857016)])
+def test_str_reference_lr_schedule(epoch, lr):
+    """STR's cosine_lr with 5 warmup epochs, set once per epoch (str.md check 5)."""
+    schedule = LRSchedule(0.256, 100, "cosine", warmup_epochs=5, per_epoch=True)
+    assert schedule(epoch) == pytest.approx(lr, rel=1e-4)  # the notes give 4-8 digits
+
+
+def test_step_schedule_and_smooth_warmup():
+    s = LRSchedule(0.1, 10, "step", warmup_epochs=2, milestones=(5, 8), gamma=0.1)
+    assert s(1.0) == pytest.approx(0.05) and s(4) == 0.1 and s(6) == pytest.approx(0.01) and s(9) == pytest.approx(0.001)
+
+
+def test_label_smoothing_matches_reference_formula():
+    loss = F.cross_entropy(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([2]), label_smoothing=0.1)
+    assert loss.item() == pytest.approx(0.5076059644443801)
+
+
+def test_dense_training_learns_and_writes_its_run_folder(tmp_path):
+    summary = Trainer(spec(), tmp_path, log=lambda m: None).run()
+    assert summary["history"][-1]["test_top1"] > 60.0
+    assert {p.name for p in tmp_path.iterdir()} >= {"spec.json", "checkpoint.pt", "model.pt", "train.json"}
+    assert json.loads((tmp_path / "spec.json").read_text())["model"] == "lenet300-100"
+
+
+def test_divergence_is_a_clear_error(tmp_path):
+    with pytest.raises(Divergence, match="lower train.lr"):
+        Trainer(spec(train={"epochs": 1, "lr": 1e12, "batch_size": 64}), tmp_path, log=lambda m: None).run()
+
+
+def test_training_from_a_dense_model_starts_from_its_weights(tmp_path):
+    Trainer(spec(), tmp_path / "dense", log=lambda m: None).run()
+    t = Trainer(spec(method="gmp", budget={"sparsity": 0.5}, train={"epochs": 0}), tmp_path / "gmp",
+                init_path=tmp_path / "dense" / "model.pt", log=lambda m: None)
+    dense = torch.load(tmp_path / "dense" / "model.pt")["state_dict"]
+    assert torch.equal(t.model[1].parametrizations.weight.original, dense["1.weight"])
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    bad = spec(dataset="imagenet", dataset_args={}, data_dir=str(tmp_path)).to_json()
+    proc = subprocess.run([sys.executable, "-m", "harness", "train", "--spec", bad, "--out", str(tmp_path / "r")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ImageNet not found")
