@@ -48,7 +48,7 @@ def summary(table, scale=None):
         return "(no results)"
     g = t.groupby(["scale", "paper", "row", "level"], dropna=False, sort=False).agg(
         top1=("top1", "mean"), sparsity=("sparsity", "mean"), mflops=("flops", "mean"),
-        published=("published_top1", "first"), seeds=("seed", "nunique"))
+        published_at_paper_scale=("published_top1", "first"), seeds=("seed", "nunique"))
     g["mflops"] /= 1e6
     return g.reset_index().drop(columns="level" if t.level.isna().all() else []).to_string(
         index=False, float_format=lambda v: f"{v:.4g}")

@@ -174,28 +174,30 @@ class PaperTable:
         except ValueError:
             return str(self.path)
 
-    def _fail(self, row, msg):
-        where = f"row '{row}': " if row is not None else ""
+    def _fail(self, row, msg, grid=None):
+        where = f"row '{row}'" + (f" (grid row '{grid}')" if grid else "") + ": " if row is not None else ""
         raise TableError(f"{self._rel()}: {where}{msg}")
 
     def rows(self):
-        for name, row in self.doc["rows"].items():
+        """(name, row, the name as written) for every row, grids expanded."""
+        for written, row in self.doc["rows"].items():
             try:
-                yield from _expand_grid(name, row)
+                for name, concrete in _expand_grid(written, row):
+                    yield name, concrete, written
             except ValueError as err:
-                self._fail(name, str(err))
+                self._fail(written, str(err))
 
     def specs(self, scale, seeds, data_dir="data/downloads", device="auto"):
         """Every row of this table that exists at `scale`, as one RunSpec per seed."""
         scale_doc = self.doc["scales"][scale]
         out = []
-        for name, row in self.rows():
+        for name, row, written in self.rows():
             if row.get("at_scales") and scale not in row["at_scales"]:
                 continue
             try:
                 spec = self._resolve(name, row, scale, scale_doc)
             except (ValueError, KeyError) as err:
-                self._fail(name, err.args[0] if err.args else str(err))
+                self._fail(name, err.args[0] if err.args else str(err), grid=written if name != written else None)
             for seed in seeds:
                 out.append(RunSpec(seed=seed, data_dir=data_dir, device=device, **spec))
         return out

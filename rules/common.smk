@@ -16,10 +16,18 @@ def _die(message):
     sys.exit(1)
 
 
+def _config_error(err):
+    """Snakemake's validation error spans many lines; keep the path and the reason."""
+    lines = str(err).splitlines()
+    reason = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("ValidationError:")), lines[0])
+    where = next((l[len("On instance"):].strip(" :") for l in lines if l.startswith("On instance")), "")
+    return f"config/config.yaml (or --config) {where}: {reason}".replace(" :", ":")
+
+
 try:
     validate(config, "../config/schema.yaml")
 except Exception as err:
-    _die(f"config/config.yaml (or --config): {str(err).splitlines()[0]}")
+    _die(_config_error(err))
 
 SCALE = config["scale"]
 try:

@@ -34,8 +34,8 @@ def test_smoke_workflow_end_to_end_then_a_broken_table_loses_nothing(workdir):
     proc = snakemake(workdir, "results/tables.csv", "--config", "scale=smoke", check=False)
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
-    assert errors == ["error: config/papers/gmp.yaml: row '{model}-gmp-{sparsity}': "
-                      "unknown method 'gmpp'; did you mean 'gmp'?"]
+    assert errors == ["error: config/papers/gmp.yaml: row 'lenet300-100-gmp-0.5' (grid row "
+                      "'{model}-gmp-{sparsity}'): unknown method 'gmpp'; did you mean 'gmp'?"]
     after = {p: p.stat().st_mtime for p in (workdir / "results").rglob("*") if p.is_file()}
     assert after == before
 
@@ -44,4 +44,5 @@ def test_bad_config_value_is_one_line(workdir):
     proc = snakemake(workdir, "-n", "--config", "scale=huge", check=False)
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "'huge' is not one of" in errors[0]
+    assert errors == ["error: config/config.yaml (or --config) ['scale']: "
+                      "'huge' is not one of ['smoke', 'laptop', 'paper']"]
