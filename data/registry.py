@@ -1,9 +1,9 @@
 """Dataset registry: each entry knows its shape and how to load itself."""
-import difflib
 from dataclasses import dataclass
 from typing import Callable
 
 from harness.errors import DataMissing  # noqa: F401  (re-exported for the loaders)
+from harness.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -23,27 +23,17 @@ class Entry:
     load: Callable        # (data_dir, **args) -> ((x_train, y_train), (x_test, y_test)) or folders
 
 
-_DATASETS = {}
+DATASETS = Registry("dataset")
+dataset_names = DATASETS.names
+check_dataset = DATASETS.get
 
 
 def register_dataset(name, info, load):
-    _DATASETS[name] = Entry(info, load)
-
-
-def dataset_names():
-    return sorted(_DATASETS)
-
-
-def check_dataset(name):
-    if name not in _DATASETS:
-        close = difflib.get_close_matches(name, _DATASETS, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known datasets: {', '.join(dataset_names())}"
-        raise KeyError(f"unknown dataset {name!r}; {hint}")
+    DATASETS.register(name, Entry(info, load))
 
 
 def dataset_info(name, **args) -> DataInfo:
-    check_dataset(name)
-    return _DATASETS[name].info(**args)
+    return DATASETS.get(name).info(**args)
 
 
 def make_loaders(name, data_dir, batch_size, device, seed=0, eval_batch_size=None, workers=4,
@@ -51,7 +41,7 @@ def make_loaders(name, data_dir, batch_size, device, seed=0, eval_batch_size=Non
     """Train and test loaders for a registered dataset, yielding (x, y) batches on `device`."""
     from .loaders import FolderLoader, TensorLoader
     info = dataset_info(name, **args)
-    train, test = _DATASETS[name].load(data_dir, **args)
+    train, test = DATASETS.get(name).load(data_dir, **args)
     eval_bs = eval_batch_size or max(batch_size, 1000 if info.in_memory else batch_size)
     if info.in_memory:
         return (TensorLoader(*train, info, batch_size, device, seed, train=True),

@@ -48,22 +48,19 @@ def _suggest(word, choices):
     return f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(choices))}"
 
 
-def _schema_error(err, schema_path):
-    """One readable line from a jsonschema error."""
+def _schema_error(err):
+    """(row or None, one readable line) from a jsonschema error."""
     where = list(err.absolute_path)
     row = where[1] if len(where) > 1 and where[0] == "rows" else None
-    at = ".".join(str(p) for p in (where[2:] if row is not None else where)) or "top level"
+    at = ".".join(str(p) for p in (where[2:] if row is not None else where))
     if err.validator == "additionalProperties":
-        allowed = err.schema.get("properties", {}).keys() | set()
-        for pattern in err.schema.get("patternProperties", {}):
-            allowed |= {s for s in ("smoke", "laptop", "paper") if pattern.startswith("^(")}
-        extra = [k for k in err.instance if k not in allowed]
-        msg = f"unknown key {extra[0]!r} in {at}; {_suggest(extra[0], allowed)}"
-    elif err.validator == "required":
-        msg = f"{at} is missing a field: {err.message}"
-    else:
-        msg = f"{at}: {err.message}"
-    return row, msg
+        # the only pattern-keyed mappings are the per-scale sections
+        allowed = set(err.schema.get("properties", {})) | (set(SCALES) if err.schema.get("patternProperties") else set())
+        extra = next(k for k in err.instance if k not in allowed)
+        return row, f"unknown key {extra!r}{' in ' + at if at else ''}; {_suggest(extra, allowed)}"
+    if err.validator == "required":
+        return row, f"{at or 'the table'} is missing a field: {err.message}"
+    return row, f"{at or 'the table'}: {err.message}"
 
 
 def _coerce(value, typ, what):
@@ -165,7 +162,7 @@ class PaperTable:
         errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(self.doc),
                         key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
         if errors:
-            row, msg = _schema_error(errors[0], schema_path)
+            row, msg = _schema_error(errors[0])
             self._fail(row, msg)
 
     def _rel(self):

@@ -1,27 +1,18 @@
 """The method interface: one trainer, many methods, each a small class the trainer calls at fixed
 points. A method only overrides the hooks where its paper differs from plain training."""
 import contextlib
-import difflib
 from dataclasses import dataclass
 
-_METHODS = {}
+from harness.registry import Registry
+
+METHODS = Registry("method")
+method_names = METHODS.names
+get_method = METHODS.get
 
 
 def register_method(cls):
-    _METHODS[cls.name] = cls
-    return cls
-
-
-def method_names():
-    return sorted(_METHODS)
-
-
-def get_method(name):
-    if name not in _METHODS:
-        close = difflib.get_close_matches(name, _METHODS, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known methods: {', '.join(method_names())}"
-        raise KeyError(f"unknown method {name!r}; {hint}")
-    return _METHODS[name]
+    """Class decorator: registers a Method subclass under its `name`."""
+    return METHODS.register(cls.name, cls)
 
 
 @dataclass

@@ -78,7 +78,7 @@ def test_yaml_floats_written_without_a_dot_are_accepted(tmp_path):
     (lambda d: d["rows"]["gmp"].update(budget={"sparsty": 0.9}), "unknown budget key 'sparsty' for method 'gmp'; did you mean 'sparsity'?"),
     (lambda d: d["rows"]["gmp"].update(budget={}), "method 'gmp' needs budget.sparsity"),
     (lambda d: d["rows"]["dense"].update(budget={"sparsity": 0.5}), "method 'dense' takes no budget"),
-    (lambda d: d["rows"]["gmp"].update(budgte={"sparsity": 0.9}), "row 'gmp': unknown key 'budgte' in top level; did you mean 'budget'?"),
+    (lambda d: d["rows"]["gmp"].update(budgte={"sparsity": 0.9}), "row 'gmp': unknown key 'budgte'; did you mean 'budget'?"),
     (lambda d: d["rows"]["gmp"].update(train={"weight_deacy": 1e-4}), "unknown train key 'weight_deacy'; did you mean 'weight_decay'?"),
     (lambda d: d["rows"]["gmp"].update(train={"epochs": "ten"}), "train.epochs='ten' should be of type int"),
     (lambda d: d["rows"]["gmp"].update(method_args={"end_epohc": 3}), "unknown method_args key 'end_epohc'; did you mean 'end_epoch'?"),

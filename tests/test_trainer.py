@@ -64,3 +64,12 @@ def test_cli_errors_are_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ImageNet not found")
+
+
+def test_broken_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    proc = subprocess.run([sys.executable, "-m", "harness", "train", "--spec", spec().to_json(),
+                           "--out", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "checkpoint.pt is unreadable" in proc.stderr and "delete it" in proc.stderr
