@@ -1,0 +1,490 @@
+"""ADMM sparsity-quantization joint learning (methods/admm.py, methods/quantize.py) against brute
+force, the reference's formulas (admm_hoyer.md A.9 checks A-1..A-5) and the harness's trainer."""
+import copy
+import dataclasses
+import itertools
+import math
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import methods.admm  # noqa: F401  (registers "admm" until methods/__init__.py imports it)
+import models
+from harness.spec import RunSpec
+from harness.trainer import Trainer
+from methods import Progress, get_method
+from methods.quantize import (SortedValues, allocate_bits, bits_used, compression_rate, distinct_values, eval_bits,
+                              fit_codebook, joint_projection, kmeans_codebook, layer_budget, mckp_greedy,
+                              prune_projection, quantize_tensor, quantize_with_bits)
+
+ADMM = get_method("admm")
+
+
+def admm(model, budget=None, **args):
+    method = ADMM(ADMM.Args(**args), budget or {"nnz_budget": 0.1, "bit_budget": 3})
+    return method.build(model), method
+
+
+def step(epoch, i, spe, lr=0.1):
+    """What the trainer hands on_step after step `i` (1-based) of `epoch`, plus the lr."""
+    return SimpleNamespace(epoch=epoch, step=epoch * spe + i, steps_per_epoch=spe, epochs=epoch + 1, lr=lr)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return models.create_model("lenet300-100", 10, input_size=8, width=0.25)
+
+
+# -- pruning projection: greedy 0-1 knapsack ---------------------------------------------------------
+def brute_force_prune(weights, bits, budget):
+    """Max kept energy sum w^2 over every mask with sum of kept bits <= budget."""
+    items = [(float(w) ** 2, b) for t, b in zip(weights, bits) for w in t.flatten()]
+    best = 0.0
+    for mask in itertools.product([0, 1], repeat=len(items)):
+        cost = sum(b for (_, b), m in zip(items, mask) if m)
+        if cost <= budget:
+            best = max(best, sum(v for (v, _), m in zip(items, mask) if m))
+    return best
+
+
+def kept_energy(weights):
+    return sum(float(w.pow(2).sum()) for w in weights)
+
+
+def test_pruning_reference_example():
+    """A-1: scores w^2/b sorted, cumulative costs [2, 4, 8, 12, 14] under B = 10: three weights fit;
+    quantized_sparsify keeps two (its off-by-one), the fixed greedy keeps three."""
+    w = [torch.tensor([0.5, -0.1, 0.3]), torch.tensor([0.2, -0.4])]
+    fixed, nnz = prune_projection(w, [2, 4], 10)
+    assert torch.equal(fixed[0], w[0] * torch.tensor([1, 0, 1])) and torch.equal(fixed[1], w[1] * torch.tensor([0, 1]))
+    assert nnz == [2, 1] and bits_used([2, 4], nnz) == 8
+    ref, nnz = prune_projection(w, [2, 4], 10, off_by_one=True)
+    assert torch.equal(ref[0], fixed[0]) and torch.equal(ref[1], torch.zeros(2)) and nnz == [2, 0]
+    assert w[1].tolist() == pytest.approx([0.2, -0.4])           # inputs untouched
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pruning_with_one_bit_width_is_the_exact_projection(seed):
+    """Equal costs: the greedy keeps the largest |w| that fit, which is what brute force finds."""
+    g = torch.Generator().manual_seed(seed)
+    w = [torch.randn(3, generator=g), torch.randn(2, 2, generator=g), torch.randn(3, generator=g)]
+    b = 1 + seed % 4
+    budget = b * (seed % 10) + seed % 3          # room for 0..9 weights, not always a multiple of b
+    pruned, nnz = prune_projection(w, [b] * 3, budget)
+    assert bits_used([b] * 3, nnz) <= budget
+    assert kept_energy(pruned) == pytest.approx(brute_force_prune(w, [b] * 3, budget), rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pruning_with_mixed_bits_is_feasible_and_within_one_weight_of_brute_force(seed):
+    """Mixed costs: the greedy (a prefix in w^2/b order) is not always optimal; it is feasible and
+    misses the optimum by less than the energy of the first weight that did not fit (LP bound)."""
+    g = torch.Generator().manual_seed(100 + seed)
+    w = [torch.randn(4, generator=g), torch.randn(3, generator=g), torch.randn(3, generator=g)]
+    bits = [1 + seed % 3, 2 + seed % 5, 8]
+    budget = 3 + 2 * seed
+    pruned, nnz = prune_projection(w, bits, budget)
+    assert bits_used(bits, nnz) <= budget
+    flat = torch.cat([t.flatten() for t in w])
+    cost = torch.cat([torch.full((t.numel(),), b) for t, b in zip(w, bits)])
+    order = torch.argsort(flat ** 2 / cost, descending=True, stable=True)
+    first_out = next((float(flat[i]) ** 2 for i in order if pruned_value(pruned, int(i)) == 0), 0.0)
+    best = brute_force_prune(w, bits, budget)
+    got = kept_energy(pruned)
+    assert got <= best * (1 + 1e-6) and got >= (best - first_out) * (1 - 1e-6)
+
+
+def pruned_value(pruned, i):
+    return float(torch.cat([p.flatten() for p in pruned])[i])
+
+
+def test_pruning_greedy_can_miss_the_optimum():
+    """Honest about greedy vs optimum: ratio 1.0 at cost 1 goes first, then the 3.5 at cost 4 no
+    longer fits in B = 4, though keeping it alone is worth 3.5 > 1."""
+    w = [torch.tensor([1.0]), torch.tensor([math.sqrt(3.5)])]
+    pruned, nnz = prune_projection(w, [1, 4], 4)
+    assert nnz == [1, 0] and kept_energy(pruned) == pytest.approx(1.0)
+    assert brute_force_prune(w, [1, 4], 4) == pytest.approx(3.5)
+
+
+# -- bit allocation: greedy multiple-choice knapsack --------------------------------------------------
+@pytest.mark.parametrize("budget, bits, used", [(40, [3, 2], 40), (38, [2, 3], 35), (25, [1, 3], 25), (15, [1, 1], 15)])
+def test_mckp_reference_example(budget, bits, used):
+    """A-2: two layers, bits {1,2,3}, nnz [10, 5], distortions [8,3,1] and [6,2,1.5]."""
+    costs = [[10, 20, 30], [5, 10, 15]]
+    choice = mckp_greedy(costs, [[-8, -3, -1], [-6, -2, -1.5]], budget)
+    assert [c + 1 for c in choice] == bits
+    assert sum(c[j] for c, j in zip(costs, choice)) == used
+
+
+def brute_force_mckp(costs, profits, budget):
+    best = -math.inf
+    for choice in itertools.product(*[range(len(c)) for c in costs]):
+        if sum(c[j] for c, j in zip(costs, choice)) <= budget:
+            best = max(best, sum(p[j] for p, j in zip(profits, choice)))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_mckp_greedy_is_feasible_and_within_one_upgrade_of_brute_force(seed):
+    """Costs b * nnz_l for b in 1..8, decreasing distortions (not always convex). The greedy is
+    feasible and loses less than one upgrade's profit against brute force (LP bound); where the
+    distortions are convex and every upgrade fits or none does, it is the optimum."""
+    rng = random.Random(seed)
+    groups = 3
+    nnz = [rng.randint(0, 6) for _ in range(groups)]
+    costs = [[b * k for b in range(1, 9)] for k in nnz]
+    profits = [sorted(-rng.uniform(0, 10) for _ in range(8)) for _ in range(groups)]
+    budget = rng.randint(sum(nnz), 8 * sum(nnz))
+    choice = mckp_greedy(costs, profits, budget)
+    assert sum(c[j] for c, j in zip(costs, choice)) <= budget
+    got = sum(p[j] for p, j in zip(profits, choice))
+    best = brute_force_mckp(costs, profits, budget)
+    largest_upgrade = max(max(p) - min(p) for p in profits)
+    assert best - largest_upgrade - 1e-9 <= got <= best + 1e-9
+    assert mckp_greedy(costs, profits, 8 * sum(nnz)) == [7] * groups  # everything fits: 8 bits each
+    assert mckp_greedy(costs, profits, sum(nnz)) == [0 if k else 7 for k in nnz]  # 1 bit (free layers: 8)
+
+
+def test_mckp_infeasible_budget_is_a_clear_error():
+    with pytest.raises(ValueError, match="below the cheapest allocation"):
+        mckp_greedy([[10, 20], [5, 10]], [[-2, -1], [-2, -1]], 14)
+
+
+# -- quantization: zero-anchored k-means ------------------------------------------------------------
+def test_zero_anchored_kmeans_reference_example():
+    """A-3: b = 1, init [0, -1, 1.1] -> codebook [0, -0.9, 1.0]; 0.2 snaps to the fixed zero."""
+    x = torch.tensor([0, 0, -1.0, -0.8, 0.9, 1.1, 0.2])
+    assert kmeans_codebook(x, 1).tolist() == pytest.approx([-0.9, 0.0, 1.0])
+    q, sse = quantize_tensor(x, 1)
+    assert q.tolist() == pytest.approx([0, 0, -0.9, -0.9, 1.0, 1.0, 0])
+    assert sse == pytest.approx(0.08)
+
+
+def reference_lloyd(x, bits, zero_anchored=True, iters=100, tol=1e-3):
+    """util.zerok_means1D written out plainly: dense distances, argmin, fixed 0 at index 0 (when
+    zero-anchored), linspace init, stop on a relative SSE change < tol; empty clusters stay put."""
+    x = x.flatten().double()
+    if zero_anchored:
+        x = x[x.abs() >= 1e-5]
+    head = [torch.zeros(1, dtype=x.dtype)] if zero_anchored else []
+    book = torch.cat(head + [torch.linspace(float(x.min()), float(x.max()), 2 ** bits, dtype=x.dtype)])
+    previous = None
+    for _ in range(iters):
+        dist, code = ((x[:, None] - book[None, :]) ** 2).min(1)
+        sse = float(dist.sum())
+        if previous is not None and sse > 0 and abs(previous - sse) / sse < tol:
+            break
+        previous = sse
+        for c in range(len(head), book.numel()):
+            if (code == c).any():
+                book[c] = x[code == c].mean()
+    return torch.sort(book).values
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("zero_anchored", [True, False])
+def test_kmeans_matches_the_reference_lloyd_iteration(bits, zero_anchored):
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(300, generator=g) * 0.1
+    x[:60] = 0                                     # pruned weights
+    x[60:70] = 3e-6                                # below the zero threshold
+    expected = reference_lloyd(x, bits, zero_anchored)
+    assert torch.allclose(kmeans_codebook(x, bits, zero_anchored).double(), expected, atol=1e-6)
+
+
+def test_quantized_layer_has_at_most_2_to_the_b_nonzero_values_and_requantizing_changes_nothing():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 20, generator=g)
+    x[x.abs() < 0.5] = 0
+    for bits in range(1, 9):
+        q, sse = quantize_tensor(x, bits)
+        assert distinct_values(q).numel() <= 2 ** bits
+        assert torch.all(q[x == 0] == 0)                    # zeros stay zeros
+        assert sse == pytest.approx(float((q - x).pow(2).sum()), rel=1e-5)
+        assert torch.equal(quantize_tensor(q, bits)[0], q)  # a projection: idempotent
+    few = torch.tensor([0.0, 0.3, -0.2, 0.3, 0.7])           # 3 distinct nonzeros <= 2^2 levels
+    assert torch.equal(quantize_tensor(few, 2)[0], few)
+
+
+def test_quantization_only_codebook_has_no_reserved_zero():
+    x = torch.tensor([-1.0, -0.9, 0.0, 0.2, 1.0, 1.1])
+    book = kmeans_codebook(x, 1, zero_anchored=False)
+    assert book.numel() == 2 and 0.0 not in book.tolist()
+    q = quantize_with_bits([x], [1], zero_anchored=False)[0]
+    assert distinct_values(q, include_zero=True).numel() == 2 and torch.all(q != 0)
+
+
+def test_bit_allocation_fits_the_budget_and_prefers_the_harder_layer():
+    """A wide-spread layer gains more from bits than a nearly constant one of the same size."""
+    g = torch.Generator().manual_seed(1)
+    spread = torch.randn(400, generator=g)
+    flat = 1.0 + 0.001 * torch.randn(400, generator=g)
+    quantized, bits = allocate_bits([spread, flat], [400, 400], 400 * 8)
+    assert bits_used(bits, [400, 400]) <= 400 * 8 and bits[0] > bits[1]
+    for q, b in zip(quantized, bits):
+        assert distinct_values(q).numel() <= 2 ** b
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_budget_holds_after_every_projection(seed):
+    g = torch.Generator().manual_seed(seed)
+    w = [torch.randn(20, 10, generator=g) * s for s in (0.1, 1.0, 0.3)]
+    numels = [t.numel() for t in w]
+    targets, budget = layer_budget(numels, 0.2 + 0.1 * seed, 2 + seed % 3)
+    bits = [2 + seed % 3] * 3
+    pruned, nnz = prune_projection(w, bits, budget)
+    assert bits_used(bits, nnz) <= budget and nnz == [int((p != 0).sum()) for p in pruned]
+    quantized, new_bits = allocate_bits(pruned, nnz, budget, bwlb=1)
+    assert bits_used(new_bits, nnz) <= budget and all(1 <= b <= 8 for b in new_bits)
+    q, jb, jnnz = joint_projection(w, bits, budget, bwlb=2)
+    assert bits_used(jb, jnnz) <= budget and all(2 <= b <= 8 for b in jb)
+    for t, b in zip(q, jb):
+        assert distinct_values(t).numel() <= 2 ** b
+
+
+def test_sorted_values_give_the_same_error_as_a_direct_sum():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1000, generator=g)
+    x[:100] = 0
+    sv = SortedValues(x)
+    book, sse = fit_codebook(sv, 3)
+    q, _ = quantize_tensor(x, 3)
+    assert sse == pytest.approx(float((x.double() - q.double()).pow(2).sum()), rel=1e-6)
+
+
+# -- compression rate --------------------------------------------------------------------------------
+def test_compression_rate_of_lenet5_at_its_readme_budget():
+    """A.7 / A-5: LeNet-5 (430,500 weights), nnz_budget 0.0054, 3 bits: B = 3 * 2325 = 6975 bits,
+    13,776,000 / 6975 = 1975.05x."""
+    _, method = admm(models.create_model("lenet5-caffe", 10), {"nnz_budget": 0.0054, "bit_budget": 3})
+    assert method.numels == [500, 25000, 400000, 5000]
+    assert method.nnz == [3, 135, 2160, 27] and method.total_bits == 6975
+    assert compression_rate(method.numels, [3] * 4, method.nnz) == pytest.approx(1975.05, abs=0.005)
+    assert compression_rate([100, 50], [2, 4], [10, 5]) == 32 * 150 / 40    # by hand
+
+
+@pytest.mark.parametrize("nnz_budget, bit_budget, rate", [(0.12, 6, 44.44), (0.10, 5, 64.00), (0.08, 4, 100.00)])
+def test_compression_rate_of_the_alexnet_budgets(nnz_budget, bit_budget, rate):
+    numels = [23232, 307200, 663552, 884736, 589824, 37748736, 16777216, 4096000]   # 61,090,496 weights
+    nnz, budget = layer_budget(numels, nnz_budget, bit_budget)
+    assert 32 * sum(numels) / budget == pytest.approx(rate, abs=0.005)
+    assert compression_rate(numels, [bit_budget] * 8, nnz) == pytest.approx(rate, abs=0.005)
+
+
+def test_eval_bits_count_distinct_nonzero_values():
+    w = torch.tensor([0.0, 0.1, 0.1000000001, -0.2, 0.3, 0.0])   # 0.1 twice after rounding to 6 places
+    assert eval_bits(w) == pytest.approx(math.log2(3))
+    assert eval_bits(w, include_zero=True) == 2.0
+    assert eval_bits(torch.zeros(4)) == 0.0
+
+
+# -- the method ---------------------------------------------------------------------------------------
+def test_unmeetable_or_missing_budgets_are_clear_errors():
+    with pytest.raises(ValueError, match=r"bit_budget 2 is below method_args.bwlb 3.*raise budget.bit_budget"):
+        admm(tiny_model(), {"nnz_budget": 0.1, "bit_budget": 2}, bwlb=3)
+    with pytest.raises(ValueError, match="needs budget.nnz_budget"):
+        admm(tiny_model(), {"bit_budget": 3})
+    with pytest.raises(ValueError, match="needs budget.bit_budget"):
+        admm(tiny_model(), {"nnz_budget": 0.1}, mode="quantize")
+    with pytest.raises(ValueError, match=r"nnz_budget=0 is outside \(0, 1\]"):
+        admm(tiny_model(), {"nnz_budget": 0, "bit_budget": 3})
+    with pytest.raises(ValueError, match="unknown; use joint, prune or quantize"):
+        admm(tiny_model(), mode="both")
+    model, method = admm(tiny_model(), projint=3, dualint=4)
+    with pytest.raises(ValueError, match="dualint 4 must be a multiple of projint 3"):
+        method.on_step(model, step(0, 1, 10))
+    admm(tiny_model(), {"nnz_budget": 0.1}, mode="prune")       # prune needs no bit budget
+    admm(tiny_model(), {"bit_budget": 3}, mode="quantize")      # quantize needs no nnz budget
+
+
+def test_prox_step_and_dual_update_follow_the_reference_formulas():
+    """A-4: W = 1, V = 0.2, U = 0.1, lr 0.1, rho 0.05 -> (1 + 0.005 * 0.1) / 1.005; at the epoch's
+    last step W is pruned, V <- quantize(W + U), then U <- U + W - V."""
+    model, method = admm(tiny_model(), rho=0.05, prox=True, project_first_step=False)
+    weights = method._weights()
+    with torch.no_grad():
+        for w, v, u in zip(weights, method.V, method.U):
+            w.fill_(1.0), v.fill_(0.2), u.fill_(0.1)
+    method.on_step(model, step(0, 1, 3, lr=0.1))
+    assert torch.allclose(weights[0], torch.tensor(0.99552239))
+    assert torch.all(method.U[0] == 0.1) and torch.all(method.V[0] == 0.2)   # V, U wait for the epoch's end
+    method.on_step(model, step(0, 2, 3, lr=0.1))
+    expected = ((0.99552239 + 0.005 * 0.1) / 1.005 + 0.005 * 0.1) / 1.005
+    method.on_step(model, step(0, 3, 3, lr=0.1))   # prox, prune, then V and U
+    for w, v, u in zip(weights, method.V, method.U):
+        assert torch.allclose(w[w != 0], torch.tensor(expected))
+        assert distinct_values(v).numel() <= 2 ** max(method.bits)
+        assert torch.allclose(u, 0.1 + w - v, atol=1e-6)
+    assert bits_used(method.bits, method.nnz) <= method.total_bits
+
+
+def test_augmented_lagrangian_is_in_the_loss_without_prox():
+    model, method = admm(tiny_model(), rho=0.3)
+    with torch.no_grad():
+        method.U[0].fill_(0.5)
+    base = torch.tensor(1.0)
+    expected = 1.0 + 0.15 * sum(float(((w.detach() - v + u) ** 2).sum())
+                                for w, v, u in zip(method._weights(), method.V, method.U))
+    assert float(method.loss(model, None, base).detach()) == pytest.approx(expected, rel=1e-5)
+    _, with_prox = admm(tiny_model(), prox=True)
+    assert float(with_prox.loss(model, None, base)) == 1.0
+
+
+def test_distillation_from_the_starting_model_follows_classify_loss():
+    model, method = admm(tiny_model(), kdtemp=4.0, prox=True)
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        t = model(x)                                   # the teacher: the model as the stage starts
+        for p in model.parameters():                   # then the student moves away from it
+            p.mul_(0.5)
+    out = model(x)
+    kd = (-F.softmax(t / 4, 1) * F.log_softmax(out / 4, 1)).sum(1).mean()
+    assert float(method.loss(model, out, torch.tensor(0.0)).detach()) == pytest.approx(4 * float(kd.detach()), rel=1e-5)
+
+
+def test_weight_decay_goes_to_weights_only():
+    model, method = admm(tiny_model())
+    decay, rest = method.param_groups(model, 5e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("weight") for p in decay["params"]) and decay["weight_decay"] == 5e-4
+    assert all(names[id(p)].endswith("bias") for p in rest["params"]) and rest["weight_decay"] == 0.0
+
+
+def run_steps(model, method, epochs, spe, start=0, lr=0.05):
+    """A stand-in for training: a gradient-free deterministic nudge, then the method's hook."""
+    for epoch in range(start, epochs):
+        for i in range(1, spe + 1):
+            with torch.no_grad():
+                for k, w in enumerate(method._weights()):
+                    w.add_(0.01 * torch.sin(torch.arange(w.numel()).view_as(w) * (epoch * spe + i + k)))
+            method.on_step(model, step(epoch, i, spe, lr))
+
+
+@pytest.mark.parametrize("args", [dict(prox=True, projint=2, dualint=4), dict(bwlb=2), dict(fixedbits=True)])
+def test_projections_keep_the_budget_and_intervals(args):
+    model, method = admm(tiny_model(), {"nnz_budget": 0.2, "bit_budget": 3}, **args)
+    pruned_at = []
+    prune = method.prune
+    method.prune = lambda w: (pruned_at.append(True), prune(w), budget_ok(method))
+    run_steps(model, method, 2, 4)
+    if args.get("projint") == 2:
+        assert len(pruned_at) == 1 + 4            # step 1, then every 2 steps (4 per 2 epochs of 4)
+    else:
+        assert len(pruned_at) == 1 + 2            # step 1, then each epoch's last step
+    assert all(args.get("bwlb", 1) <= b <= 8 for b in method.bits)
+    if args.get("fixedbits"):
+        assert method.bits == [3, 3, 3]
+    method.finalize(model)
+    finalized_within_budget(model, method)
+
+
+def budget_ok(method):
+    nnz = [int((w != 0).sum()) for w in method._weights()]
+    assert nnz == method.nnz and bits_used(method.bits, nnz) <= method.total_bits
+
+
+def finalized_within_budget(model, method):
+    report = method.report(model)
+    assert report["bits_used"] <= method.total_bits
+    assert report["compression_rate"] >= report["target_compression_rate"] - 1e-9
+    for layer, w in zip(report["layers"], method._weights()):
+        assert layer["nonzero"] == int((w != 0).sum())
+        if method.uses_admm:
+            assert distinct_values(w).numel() <= 2 ** layer["bits"] and layer["eval_bits"] <= layer["bits"]
+
+
+def test_bits_freeze_after_bits_epoch():
+    model, method = admm(tiny_model(), {"nnz_budget": 0.2, "bit_budget": 3}, bits_epoch=1)
+    run_steps(model, method, 2, 3)
+    frozen = list(method.bits)
+    run_steps(model, method, 4, 3, start=2)     # epochs 2 and 3 are > bits_epoch
+    assert method.bits == frozen
+
+
+def test_prune_only_and_quantize_only_modes():
+    model, method = admm(tiny_model(), {"nnz_budget": 0.1}, mode="prune")
+    assert method.V is None and method.bits == [32, 32, 32]
+    run_steps(model, method, 1, 3)
+    method.finalize(model)
+    report = method.report(model)
+    assert report["bits_used"] <= method.total_bits == 32 * sum(method.nnz)
+    assert report["compression_rate"] == pytest.approx(sum(method.numels) / sum(r["nonzero"] for r in report["layers"]))
+
+    model, method = admm(tiny_model(), {"bit_budget": 2}, mode="quantize")
+    run_steps(model, method, 1, 3)
+    assert method.nnz == method.numels and method.total_bits == 2 * sum(method.numels)
+    method.finalize(model)
+    report = method.report(model)
+    assert report["bits_used"] <= method.total_bits
+    for w, b in zip(method._weights(), method.bits):
+        assert distinct_values(w, include_zero=True).numel() <= 2 ** b
+
+
+def test_state_dict_round_trip_resumes_exactly():
+    model, method = admm(tiny_model(), {"nnz_budget": 0.2, "bit_budget": 3}, prox=True, dualint=2, projint=2)
+    run_steps(model, method, 1, 4)
+    saved_model, saved_method = copy.deepcopy(model.state_dict()), copy.deepcopy(method.state_dict())
+    run_steps(model, method, 2, 4, start=1)
+
+    resumed_model, resumed = admm(tiny_model(seed=7), {"nnz_budget": 0.2, "bit_budget": 3},
+                                  prox=True, dualint=2, projint=2)
+    resumed_model.load_state_dict(saved_model)
+    resumed.load_state_dict(saved_method)
+    for key in ("V", "U"):
+        assert all(torch.equal(a, b) for a, b in zip(getattr(resumed, key), saved_method[key]))
+    assert resumed.bits == saved_method["bits"] and resumed.nnz == saved_method["nnz"]
+    run_steps(resumed_model, resumed, 2, 4, start=1)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()))
+    assert resumed.bits == method.bits and resumed.nnz == method.nnz
+    assert all(torch.equal(a, b) for a, b in zip(resumed.U, method.U))
+
+
+# -- on the trainer -----------------------------------------------------------------------------------
+def run_spec(**method_args):
+    return RunSpec(scale="smoke", paper="t", row="r", seed=0, method="admm", model="lenet300-100",
+                   model_args={"width": 0.25}, dataset="synthetic",
+                   dataset_args={"train_size": 256, "test_size": 64, "shape": [1, 8, 8]},
+                   train={"epochs": 2, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4},
+                   method_args={"rho": 0.05, **method_args}, budget={"nnz_budget": 0.1, "bit_budget": 3},
+                   device="cpu")
+
+
+def train_then_resume(spec, tmp_path):
+    """(uninterrupted trainer, trainer stopped after epoch 1 and resumed in a fresh Trainer)."""
+    lines = []
+    whole = Trainer(spec, tmp_path / "whole", log=lines.append)
+    whole.run()
+    first = Trainer(spec, tmp_path / "stopped", log=lines.append)
+    first.cfg.epochs = 1                     # stop after epoch 1 (its checkpoint is what a kill leaves)
+    first.run()
+    resumed = Trainer(spec, tmp_path / "stopped", log=lines.append)
+    resumed.run()
+    assert any(line.startswith("resumed from") and "epoch 1/2" in line for line in lines)
+    return whole, resumed
+
+
+def same_run(a, b):
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ma, mb = a.method.state_dict(), b.method.state_dict()
+    assert ma["bits"] == mb["bits"] and ma["nnz"] == mb["nnz"]
+    assert all(torch.equal(x, y) for k in ("V", "U") for x, y in zip(ma[k], mb[k]))
+
+
+def test_training_meets_the_budget_and_resumes_exactly(tmp_path):
+    whole, resumed = train_then_resume(run_spec(), tmp_path)
+    same_run(whole, resumed)
+    budget_ok(whole.method)                   # the last step's projection leaves W within the budget
+    whole.method.finalize(whole.model)
+    finalized_within_budget(whole.model, whole.method)
+
+
+@pytest.mark.xfail("lr" not in {f.name for f in dataclasses.fields(Progress)}, strict=True,
+                   reason="prox after a resume needs the trainer to pass the lr as Progress.lr")
+def test_prox_training_resumes_exactly(tmp_path):
+    whole, resumed = train_then_resume(run_spec(prox=True), tmp_path)
+    same_run(whole, resumed)
