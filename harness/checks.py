@@ -1,0 +1,211 @@
+"""Regression checks on results/tables.csv, written to results/checks.csv: one line per check.
+
+Three kinds of check (the `check` column), on each row's mean over its seeds:
+
+- `published`: a measured metric against the number the row's `published:` entry gives. Published
+  numbers describe the paper's setup, so only rows at the paper scale are comparable; at the other
+  scales the line is `not comparable` and its reason quotes the scale's note.
+- `budget`: a pruning row reaches its `budget.sparsity` (every scale); a budget that sets more
+  (`layerwise`, ...) is not comparable.
+- `dense`: a model's dense row is not worse than the best pruned row (any non-dense row with
+  sparsity > 0) of the same model, data, paper and scale by more than a noise margin (every scale):
+  a dense baseline that loses to pruning by a wide margin was trained too little or wrongly.
+
+Tolerances. A row's `published.tolerance`, else its table's `default_tolerance`, is one number T
+read in each metric's own terms: T accuracy points for top1/top5, T sparsity points (T/100 as a
+fraction) for sparsity, and T percent of the published value for flops, nonzero_params and
+compression (prunable weights / nonzero weights), whose scale depends on the model. The budget
+check allows 1e-3, or a method class's own `sparsity_tolerance`."""
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from harness.errors import HarnessError
+
+PASS, FAIL, NOT_COMPARABLE = "pass", "fail", "not comparable"
+COMPARABLE_SCALE = "paper"
+BUDGET_TOLERANCE = 1e-3
+DENSE_MARGIN = 1.0  # accuracy points
+TOLERANCE_UNIT = {"top1": "points", "top5": "points", "sparsity": "fraction",
+                  "nonzero_params": "relative", "flops": "relative", "compression": "relative"}
+PUBLISHED = [f"published_{m}" for m in TOLERANCE_UNIT]
+REQUIRED = ["scale", "paper", "row", "method", "model", "dataset", "level", "seed", "top1", "sparsity",
+            "nonzero_params", "prunable_params", "flops", "budget", "notes"]
+KEYS = ["scale", "paper", "row", "level"]
+COLUMNS = [*KEYS, "seeds", "check", "metric", "expected", "measured", "difference", "tolerance",
+           "status", "reason"]
+
+
+class ResultsError(HarnessError, ValueError):
+    """A results table is missing or is not a results/tables.csv."""
+
+
+class ChecksFailed(HarnessError):
+    """At least one check failed; checks.csv says which."""
+
+
+def read_results(path):
+    """results/tables.csv (or the tables.csv in a results folder) as a DataFrame."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tables.csv"
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such results table; run `snakemake --cores all results/tables.csv` first")
+    table = pd.read_csv(path)
+    missing = [c for c in REQUIRED if c not in table]
+    if missing:
+        raise ResultsError(f"{path}: not a results table (no column {', '.join(missing)})")
+    # tables written before a published field was aggregated simply have nothing published for it
+    return table.assign(**{c: np.nan for c in [*PUBLISHED, "published_tolerance"] if c not in table})
+
+
+def allowed(metric, tolerance, expected):
+    """Tolerance T (see the module doc) in `metric`'s own unit; works on Series too."""
+    unit = TOLERANCE_UNIT[metric]
+    if unit == "points":
+        return tolerance
+    return tolerance / 100 * (1 if unit == "fraction" else abs(expected))
+
+
+def paper_settings(key, papers_dir="config/papers"):
+    """{paper: the top-level `key` of its table} for every paper table that sets it."""
+    out = {}
+    for path in Path(papers_dir).glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text()) or {}
+        if doc.get(key) is not None:
+            out[path.stem] = doc[key]
+    return out
+
+
+def is_pruned(rows):
+    """Rows with weights pruned: not DeepHoyer's regularized models before pruning, say."""
+    return (rows.method != "dense") & (rows.sparsity > 0)
+
+
+def seed_means(table):
+    """One line per (scale, paper, row, level): metrics averaged over seeds, settings as given."""
+    table = table.assign(compression=table.prunable_params / table.nonzero_params)
+    first = ["method", "model", "dataset", "budget", "notes", *PUBLISHED, "published_tolerance"]
+    mean = ["top1", "top5", "sparsity", "nonzero_params", "flops", "compression"]
+    return table.groupby(KEYS, dropna=False, sort=False).agg(
+        seeds=("seed", lambda s: ",".join(map(str, sorted(s.unique())))),
+        **{c: (c, "first") for c in first}, **{c: (c, "mean") for c in mean}).reset_index()
+
+
+def _line(r, check, metric, expected, measured, tolerance, status, reason=""):
+    return {"scale": r.scale, "paper": r.paper, "row": r.row, "level": r.level, "seeds": r.seeds,
+            "check": check, "metric": metric, "expected": expected, "measured": measured,
+            "difference": measured - expected, "tolerance": tolerance, "status": status, "reason": reason}
+
+
+def published_lines(rows, default_tolerance):
+    for r in rows.itertuples():
+        for metric in TOLERANCE_UNIT:
+            expected, measured = getattr(r, f"published_{metric}"), getattr(r, metric)
+            if pd.isna(expected):
+                continue
+            t = r.published_tolerance if pd.notna(r.published_tolerance) else default_tolerance.get(r.paper)
+            tolerance = np.nan if t is None else allowed(metric, t, expected)
+            if r.scale != COMPARABLE_SCALE:
+                status, reason = NOT_COMPARABLE, f"{r.scale} scale, not the paper's setup: {r.notes}"
+            elif pd.isna(measured):
+                status, reason = NOT_COMPARABLE, f"{metric} was not measured"
+            elif t is None:
+                status, reason = FAIL, (f"no tolerance: set published.tolerance in the row or "
+                                        f"default_tolerance in config/papers/{r.paper}.yaml")
+            elif abs(measured - expected) <= tolerance:
+                status, reason = PASS, ""
+            else:
+                status, reason = FAIL, "differs from the published value by more than the tolerance"
+            yield _line(r, "published", metric, expected, measured, tolerance, status, reason)
+
+
+@functools.cache
+def budget_tolerance(method):
+    import methods  # torch comes with it: import only when a budget is checked
+    try:
+        return getattr(methods.get_method(method), "sparsity_tolerance", BUDGET_TOLERANCE)
+    except KeyError:  # a method since renamed or removed: its results are still checked
+        return BUDGET_TOLERANCE
+
+
+def budget_lines(rows):
+    for r in rows.itertuples():
+        budget = json.loads(r.budget) if isinstance(r.budget, str) else {}
+        target = budget.get("sparsity")
+        if not isinstance(target, (int, float)):
+            continue
+        others = sorted(set(budget) - {"sparsity"})  # e.g. layerwise: per-layer targets
+        if others:
+            yield _line(r, "budget", "sparsity", target, r.sparsity, np.nan, NOT_COMPARABLE,
+                        f"budget.{others[0]} is set too: the overall sparsity has no single target")
+            continue
+        tolerance = budget_tolerance(r.method)
+        ok = abs(r.sparsity - target) <= tolerance
+        yield _line(r, "budget", "sparsity", target, r.sparsity, tolerance, PASS if ok else FAIL,
+                    "" if ok else "achieved sparsity misses budget.sparsity")
+
+
+def dense_lines(rows, margin):
+    for _, group in rows.groupby(["scale", "paper", "dataset", "model"], sort=False):
+        pruned = group[is_pruned(group) & group.top1.notna()]
+        if pruned.empty:
+            continue
+        best = pruned.loc[pruned.top1.idxmax()]
+        for r in group[group.method == "dense"].itertuples():
+            ok = r.top1 >= best.top1 - margin
+            reason = f"best pruned row: {best.row}" + ("" if ok else "; the dense row trails it by more than that")
+            yield _line(r, "dense", "top1", best.top1, r.top1, margin, PASS if ok else FAIL, reason)
+
+
+def run_checks(table, default_tolerance=None, margin=DENSE_MARGIN):
+    """Every check of `table` (a results/tables.csv DataFrame) as a checks.csv DataFrame."""
+    rows = seed_means(table)
+    lines = [*published_lines(rows, default_tolerance or {}), *budget_lines(rows), *dense_lines(rows, margin)]
+    return pd.DataFrame(lines, columns=COLUMNS).sort_values(["scale", "paper", "row"], kind="stable",
+                                                           ignore_index=True)
+
+
+def write_checks(checks, out_csv):
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out_csv).with_suffix(".csv.tmp")
+    checks.to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(out_csv)
+
+
+def summary(checks, scale=None):
+    """Counts per status (of `scale`, or of every scale), then every failed check."""
+    t = checks if scale is None else checks[checks.scale == scale]
+    counts = t.status.value_counts()
+    head = (f"checks at {scale} scale: " if scale else "checks: ") + \
+        (", ".join(f"{counts[s]} {s}" for s in (PASS, FAIL, NOT_COMPARABLE) if s in counts) or "none apply")
+    elsewhere = ((checks.status == FAIL) & (checks.scale != scale)).sum() if scale else 0
+    if elsewhere:
+        head += f" ({elsewhere} failed at other scales, see checks.csv)"
+    failed = t[t.status == FAIL]
+    if failed.empty:
+        return head
+    shown = failed.drop(columns=["status", "seeds"]).to_string(index=False, na_rep="",
+                                                              float_format=lambda v: f"{v:.4g}")
+    return f"{head}\n{shown}"
+
+
+def check(table_csv, out_csv, papers_dir="config/papers", scale=None, margin=DENSE_MARGIN):
+    """Write checks.csv, print the summary, then raise ChecksFailed when a check at `scale` (at any
+    scale when None) failed."""
+    checks = run_checks(read_results(table_csv), paper_settings("default_tolerance", papers_dir), margin)
+    write_checks(checks, out_csv)
+    print(summary(checks, scale), flush=True)
+    failed = checks[checks.status == FAIL]
+    if scale:
+        failed = failed[failed.scale == scale]
+    if not failed.empty:
+        first = failed.iloc[0]
+        raise ChecksFailed(f"{len(failed)} check(s) failed (listed above); first: {first.scale}/{first.paper}/"
+                           f"{first.row} {first.check} {first.metric}: measured {first.measured:.4g}, "
+                           f"expected {first.expected:.4g} (tolerance {first.tolerance:.4g})")
+    return checks

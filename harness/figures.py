@@ -1,0 +1,243 @@
+"""Figures from results/tables.csv, one scale at a time, as PNG and PDF:
+
+  <out>/<paper>/<name>.png|pdf   each paper's own figures, from the function registered for it
+  <out>/overview.png|pdf         every paper's top-1 against sparsity, one panel per paper
+
+A paper adds its figures with one function of its rows (every seed, one scale) returning
+{name: Figure}; a paper without one gets `default_figures`:
+
+    @register_figure("str")
+    def str_figures(rows):
+        return {"top1-sparsity": per_model(rows, "sparsity")}
+
+One style throughout: a curve per method (or pipeline, see `series`) and a colour per method (per
+model in the overview), filled markers and solid lines for measured results (mean over seeds, bars:
+standard deviation), hollow markers for published ones, and each dense row as a horizontal line
+(dashed: measured, dotted: published). Rows with no weight pruned are left out of the curves."""
+import contextlib
+import json
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import (EngFormatter, FixedLocator, FuncFormatter, LogLocator,  # noqa: E402
+                               NullFormatter)
+
+from harness.checks import COMPARABLE_SCALE, ResultsError, is_pruned  # noqa: E402
+from harness.registry import Registry  # noqa: E402
+
+FIGURES = Registry("figure")
+AXIS_LABEL = {"top1": "top-1 accuracy (%)", "sparsity": "sparsity (logit scale)",
+              "flops": "FLOPs per input (multiply-accumulates, log scale)"}
+SPARSITY_TICKS = [0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999]
+MAX_COLUMNS = 3
+GREY = "0.35"
+DENSE_COLOR = "0.15"  # a dense line whose hue level has no colour (e.g. method "dense")
+
+
+def register_figure(paper):
+    """Decorator for `fn(rows) -> {name: Figure}`, the figures of `paper`."""
+    return FIGURES.register(paper)
+
+
+@contextlib.contextmanager
+def shared_style():
+    """The one style every figure is drawn and saved in."""
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        yield
+
+
+def palette(levels):
+    return dict(zip(levels, sns.color_palette("colorblind", len(levels))))
+
+
+def series(rows):
+    """The column whose levels are separate curves: the method, or the pipeline (the chain of
+    methods behind a row, e.g. dense>hoyer>finetune) where one method ends several of them."""
+    pruned = rows[is_pruned(rows)]
+    if "pipeline" in rows and not pruned.empty and pruned.groupby("method").pipeline.nunique().max() > 1:
+        return "pipeline"
+    return "method"
+
+
+def marker_map(rows, key):
+    levels = sorted(rows[key][is_pruned(rows)].dropna().unique())
+    return dict(zip(levels, ["o", "s", "^", "D", "v", "P", "X", "*"] * 4))
+
+
+def panels(n, width, height):
+    """A figure with n panels of about width x height inches, at most MAX_COLUMNS to a row."""
+    cols = min(n, MAX_COLUMNS)
+    nrows = -(-n // cols)
+    fig = Figure(figsize=(width * cols + 0.4, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _published_points(rows, x):
+    """Published (x, top1) of pruned rows. Without a published sparsity a row's budget stands in:
+    it is the paper's configuration, not a measurement. FLOPs must be published to be drawn."""
+    pub = rows[rows.published_top1.notna()].drop_duplicates("row").assign(top1=lambda d: d.published_top1)
+    if x == "sparsity":
+        budget = pub.budget.map(lambda b: json.loads(b).get("sparsity") if isinstance(b, str) else None)
+        pub = pub.assign(sparsity=pub.published_sparsity.fillna(pd.to_numeric(budget, errors="coerce")))
+    else:
+        pub = pub.assign(**{x: pub[f"published_{x}"]})
+    return pub[pub[x].notna()]
+
+
+def _x_axis(ax, x, values):
+    if x == "flops":
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # labelled ticks even within a decade
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if len(values) and np.isclose(values.min(), values.max()):  # one point: a decade around it
+            ax.set_xlim(values[0] / 3, values[0] * 3)
+    elif x == "sparsity" and len(values) and 0 < values.min() and values.max() < 1:
+        # logit spreads 50 / 90 / 99 % evenly: where pruning results differ
+        ax.set_xscale("logit")
+        ax.xaxis.set_major_locator(FixedLocator(SPARSITY_TICKS))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(AXIS_LABEL.get(x, x))
+
+
+def tradeoff(ax, rows, x, hue, colors, style, markers):
+    """Top-1 against `x` on one axes: pruned rows measured (filled) and published (hollow), a
+    colour per `hue` and a marker per `style` level; dense rows as horizontal lines, coloured by
+    `hue` where it has a colour."""
+    dense, pruned = rows[rows.method == "dense"], rows[is_pruned(rows)]
+    pub = _published_points(pruned, x)
+    _x_axis(ax, x, np.concatenate([pruned[x].dropna().to_numpy(float), pub[x].to_numpy(float)]))
+    if not pruned.empty:
+        sns.lineplot(pruned, x=x, y="top1", hue=hue, palette=colors, style=style, markers=markers,
+                     dashes=False, markersize=7, errorbar="sd", err_style="bars", ax=ax, legend=False)
+    if not pub.empty:
+        sns.scatterplot(pub, x=x, y="top1", hue=hue, palette=colors, style=style, markers=markers, s=80,
+                        linewidth=1.6, ax=ax, legend=False)
+        points = ax.collections[-1]
+        points.set_edgecolors(points.get_facecolors())
+        points.set_facecolors("none")
+    for key, group in dense.groupby(hue, dropna=False):
+        color = colors.get(key, DENSE_COLOR)
+        ax.axhline(group.top1.mean(), color=color, ls="--", lw=1.4)
+        if group.published_top1.notna().any():
+            ax.axhline(group.published_top1.dropna().iloc[0], color=color, ls=":", lw=1.6)
+    ax.set_ylabel(AXIS_LABEL["top1"])
+
+
+def legend_handles(rows, hue, colors, style, markers):
+    """A colour per hue level, a marker per style level (when they differ), then the measured /
+    published / dense encodings that occur."""
+    handles = [Line2D([], [], color=c, marker=markers.get(k) if hue == style else None, label=k)
+               for k, c in colors.items()]
+    if hue != style and len(markers) > 1:
+        handles += [Line2D([], [], color=GREY, marker=m, ls="", label=k) for k, m in markers.items()]
+    dense, published = rows.method == "dense", rows.published_top1.notna()
+    encodings = [(True, dict(marker="o", ls="", label="measured")),
+                 ((published & is_pruned(rows)).any(), dict(marker="o", mfc="none", mew=1.6, ls="", label="published")),
+                 (dense.any(), dict(ls="--", label="dense, measured")),
+                 ((published & dense).any(), dict(ls=":", lw=1.6, label="dense, published"))]
+    return handles + [Line2D([], [], color=GREY, **kw) for present, kw in encodings if present]
+
+
+def per_model(rows, x, hue=None):
+    """One panel per model: top-1 against `x` ("sparsity" or "flops"), a curve per `hue` level of
+    the pruned rows (default: `series`; a paper may add its own column and pass its name)."""
+    hue = hue or series(rows)
+    models = sorted(rows.model.unique())
+    markers = marker_map(rows, hue)
+    colors = palette(list(markers))
+    fig, axes = panels(len(models), 5.0, 5.0)
+    for ax, model in zip(axes, models):
+        part = rows[rows.model == model]
+        tradeoff(ax, part, x, hue, colors, hue, markers)
+        ax.set_title(f"{model} on {part.dataset.iloc[0]}", fontsize="medium")
+    handles = legend_handles(rows, hue, colors, hue, markers)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2 * len(axes)), frameon=False)
+    scale = rows.scale.iloc[0]
+    note = "" if scale == COMPARABLE_SCALE else \
+        f"\n({scale} scale; published numbers: the paper's setup)"
+    fig.suptitle(f"{rows.paper.iloc[0]}: top-1 accuracy against {'FLOPs' if x == 'flops' else x}{note}",
+                 fontsize="medium")
+    return fig
+
+
+def default_figures(rows):
+    """The figures of a paper that registers none."""
+    return {"top1-sparsity": per_model(rows, "sparsity")}
+
+
+@register_figure("gmp")
+def gmp_figures(rows):
+    """Zhu & Gupta: accuracy against sparsity and against FLOPs, per model."""
+    return {"top1-sparsity": per_model(rows, "sparsity"), "top1-flops": per_model(rows, "flops")}
+
+
+def overview(rows, titles=None):
+    """Every paper's accuracy-sparsity trade-off side by side: a panel per paper, a colour per model."""
+    papers = sorted(rows.paper.unique())
+    fig, axes = panels(len(papers), 5.4, 6.2)
+    for ax, paper in zip(axes, papers):
+        part = rows[rows.paper == paper]
+        colors, style = palette(sorted(part.model.unique())), series(part)
+        markers = marker_map(part, style)
+        tradeoff(ax, part, "sparsity", "model", colors, style, markers)
+        title = f"{paper}: {titles[paper]}" if titles and titles.get(paper) else paper
+        ax.set_title(textwrap.fill(title, 50), fontsize="medium")
+        ax.legend(handles=legend_handles(part, "model", colors, style, markers), fontsize="small", ncols=2,
+                  loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: the curves fill the panel
+    scale = rows.scale.iloc[0]
+    fig.suptitle(f"Top-1 accuracy against sparsity, {scale} scale"
+                 + ("" if scale == COMPARABLE_SCALE else "\n(published numbers: the papers' setups)"),
+                 fontsize="medium")
+    return fig
+
+
+def save(fig, stem):
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".png", ".pdf"):
+        fig.savefig(stem.with_suffix(suffix), dpi=150)
+
+
+def paper_figures(rows):
+    paper = rows.paper.iloc[0]
+    return (FIGURES.get(paper) if paper in FIGURES.names() else default_figures)(rows)
+
+
+def figures(table, scale, out_dir, only=None, titles=None):
+    """Draw `scale`'s figures into out_dir: the overview and every paper's, or only one of them
+    (`only`: a paper, or "overview"). Returns the PNGs written."""
+    rows = table[table.scale == scale]
+    if rows.empty:
+        raise ResultsError(f"no results at {scale} scale to draw; run the workflow with --config scale={scale}")
+    out_dir, written = Path(out_dir), []
+    if only is None:
+        papers = sorted(rows.paper.unique())
+    else:
+        papers = [] if only == "overview" else [only]
+    with shared_style():
+        if only in (None, "overview"):
+            save(overview(rows, titles), out_dir / "overview")
+            written.append(out_dir / "overview.png")
+        for paper in papers:
+            (out_dir / paper).mkdir(parents=True, exist_ok=True)  # stays empty for a paper with no rows here
+            part = rows[rows.paper == paper]
+            for name, fig in (paper_figures(part) if not part.empty else {}).items():
+                save(fig, out_dir / paper / name)
+                written.append(out_dir / paper / f"{name}.png")
+    return written
+
+
+import harness.paper_figures as _per_paper  # noqa: E402,F401  (registers each paper's own figures)

@@ -1,0 +1,35 @@
+# Figures of the selected scale (harness/figures.py): each paper's own under
+# results/figures/<scale>/<paper>/, and the overview with a panel per paper.
+FIGURES = [f"results/figures/{SCALE}/overview.png", *(f"results/figures/{SCALE}/{p}" for p in config["papers"])]
+
+
+rule paper_figures:
+    input:
+        "results/tables.csv",
+    output:
+        report(directory("results/figures/{scale}/{paper}"), patterns=["{name}.png"],
+               caption="../report/figure.rst", category="Figures", subcategory="{paper}"),
+    log:
+        "results/logs/figures-{scale}-{paper}.log",
+    wildcard_constraints:
+        scale="smoke|laptop|paper",
+        paper=r"[\w-]+",  # not overview.png
+    shell:
+        "{PYTHON} -m harness figures --table {input} --scale {wildcards.scale} --out results/figures/{wildcards.scale} "
+        "--only {wildcards.paper} > {log} 2>&1"
+
+
+rule overview_figure:
+    input:
+        "results/tables.csv",
+    output:
+        png=report("results/figures/{scale}/overview.png", caption="../report/overview.rst", category="Figures",
+                   subcategory="overview"),
+        pdf="results/figures/{scale}/overview.pdf",
+    log:
+        "results/logs/figures-{scale}-overview.log",
+    wildcard_constraints:
+        scale="smoke|laptop|paper",
+    shell:
+        "{PYTHON} -m harness figures --table {input} --scale {wildcards.scale} --out results/figures/{wildcards.scale} "
+        "--only overview > {log} 2>&1"

@@ -1,0 +1,200 @@
+"""Regression checks, comparison of result sets, and the checks / figures / report rules, on tables
+and metrics.json files made up here: no training."""
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from harness.__main__ import main
+from harness.aggregate import COLUMNS
+from harness.checks import FAIL, NOT_COMPARABLE, PASS, run_checks
+from harness.compare import compare
+from harness.tables import runs_for
+from tests.conftest import snakemake
+
+NOTES = {"paper": "MNIST", "laptop": "Fashion-MNIST instead of MNIST; 6 epochs", "smoke": "generated data"}
+
+
+def results_table(scale="paper", seeds=(0,), dense_top1=98.0, gmp_top1=97.5, sparsity=0.9, paper="gmp",
+                  models=("lenet300-100",), published_sparsity=None):
+    """A tables.csv of dense and GMP-at-90% rows per model, as harness/aggregate.py writes one."""
+    rows = []
+    for model in models:
+        for seed in seeds:
+            common = dict(scale=scale, paper=paper, model=model, dataset="mnist", seed=seed, top5=99.9,
+                          prunable_params=1000, params=1010, dense_flops=1e6, notes=NOTES[scale],
+                          published_source="test")
+            rows.append(dict(common, row=f"{model}-dense", method="dense", top1=dense_top1, sparsity=0.0,
+                             nonzero_params=1000, flops=1e6, budget="{}", published_top1=98.4))
+            rows.append(dict(common, row=f"{model}-gmp-0.9", method="gmp", top1=gmp_top1, sparsity=sparsity,
+                             nonzero_params=round(1000 * (1 - sparsity)), flops=1e6 * (1 - sparsity),
+                             budget=json.dumps({"sparsity": 0.9}), published_top1=97.8,
+                             published_sparsity=published_sparsity, published_flops=1e5))
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+def status(checks, check, row, metric="top1"):
+    line = checks[(checks.check == check) & (checks.row == row) & (checks.metric == metric)]
+    assert len(line) == 1, checks.to_string()
+    return line.status.iloc[0], line.iloc[0]
+
+
+def test_published_check_passes_within_tolerance_and_fails_on_a_planted_deviation():
+    checks = run_checks(results_table(dense_top1=98.0), {"gmp": 0.5})
+    assert status(checks, "published", "lenet300-100-dense")[0] == PASS     # 0.4 below 98.4
+    assert status(checks, "published", "lenet300-100-gmp-0.9", "flops")[0] == PASS
+
+    checks = run_checks(results_table(dense_top1=97.7), {"gmp": 0.5})
+    got, line = status(checks, "published", "lenet300-100-dense")
+    assert got == FAIL and line.expected == 98.4 and line.difference == pytest.approx(-0.7)
+    assert line.tolerance == 0.5
+
+
+def test_tolerance_reads_per_metric_and_a_row_tolerance_wins():
+    table = results_table(dense_top1=97.7, sparsity=0.9, published_sparsity=0.905)
+    table.loc[table.row.str.endswith("dense"), "published_tolerance"] = 1.0
+    checks = run_checks(table, {"gmp": 0.5})
+    assert status(checks, "published", "lenet300-100-dense")[0] == PASS             # 0.7 < 1.0 points
+    got, line = status(checks, "published", "lenet300-100-gmp-0.9", "sparsity")
+    assert got == FAIL and line.tolerance == pytest.approx(0.005)                   # 0.5 sparsity points
+    got, line = status(checks, "published", "lenet300-100-gmp-0.9", "flops")
+    assert got == PASS and line.tolerance == pytest.approx(500)                     # 0.5 % of 1e5
+
+    # measured flops 1e5 vs published 1.01e5: 1 % off, beyond 0.5 %
+    table.loc[table.row.str.endswith("0.9"), "published_flops"] = 1.01e5
+    assert status(run_checks(table, {"gmp": 0.5}), "published", "lenet300-100-gmp-0.9", "flops")[0] == FAIL
+
+
+def test_measured_is_the_mean_over_seeds():
+    table = results_table(seeds=(0, 1))
+    table.loc[table.seed == 0, "top1"] += 0.3
+    table.loc[table.seed == 1, "top1"] -= 0.9          # dense: 98.3 and 97.1, mean 97.7
+    got, line = status(run_checks(table, {"gmp": 0.5}), "published", "lenet300-100-dense")
+    assert got == FAIL and line.measured == pytest.approx(97.7) and line.seeds == "0,1"
+
+
+@pytest.mark.parametrize("scale", ["laptop", "smoke"])
+def test_published_numbers_are_not_comparable_below_the_paper_scale(scale):
+    checks = run_checks(results_table(scale=scale, dense_top1=80.0), {"gmp": 0.5})
+    published = checks[checks.check == "published"]
+    assert set(published.status) == {NOT_COMPARABLE}
+    assert published.reason.iloc[0] == f"{scale} scale, not the paper's setup: {NOTES[scale]}"
+
+
+def test_no_tolerance_anywhere_fails_with_the_fix():
+    got, line = status(run_checks(results_table(), {}), "published", "lenet300-100-dense")
+    assert got == FAIL and "default_tolerance in config/papers/gmp.yaml" in line.reason
+
+
+@pytest.mark.parametrize("scale", ["smoke", "paper"])
+def test_budget_check_catches_a_planted_miss(scale):
+    assert status(run_checks(results_table(scale, sparsity=0.9004)), "budget", "lenet300-100-gmp-0.9",
+                  "sparsity")[0] == PASS
+    got, line = status(run_checks(results_table(scale, sparsity=0.85)), "budget", "lenet300-100-gmp-0.9", "sparsity")
+    assert got == FAIL and line.expected == 0.9 and line.tolerance == 1e-3
+
+
+def test_a_layerwise_budget_has_no_single_target():
+    table = results_table()
+    table.loc[table.method == "gmp", "budget"] = json.dumps({"sparsity": 0.9, "layerwise": {"fc1": 0.95}})
+    assert status(run_checks(table), "budget", "lenet300-100-gmp-0.9", "sparsity")[0] == NOT_COMPARABLE
+
+
+def test_dense_row_may_not_trail_its_pruned_rows_beyond_the_margin():
+    assert status(run_checks(results_table("laptop", dense_top1=88.0, gmp_top1=88.9)), "dense",
+                  "lenet300-100-dense")[0] == PASS
+    got, line = status(run_checks(results_table("laptop", dense_top1=88.0, gmp_top1=89.5)), "dense",
+                       "lenet300-100-dense")
+    assert got == FAIL and "lenet300-100-gmp-0.9" in line.reason
+    assert status(run_checks(results_table("laptop", dense_top1=88.0, gmp_top1=89.5), margin=2.0), "dense",
+                  "lenet300-100-dense")[0] == PASS
+
+
+def write(table, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "tables.csv", index=False)
+    return folder
+
+
+def test_checks_command_writes_checks_csv_then_fails_in_one_line(tmp_path, capsys):
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    (papers / "gmp.yaml").write_text("default_tolerance: 0.5\n")
+    table = pd.concat([results_table("paper", dense_top1=97.0), results_table("smoke")])
+    write(table, tmp_path)
+    args = ["checks", "--table", str(tmp_path / "tables.csv"), "--out", str(tmp_path / "checks.csv"),
+            "--papers-dir", str(papers)]
+    assert main(args + ["--scale", "smoke"]) == 0           # the failure is at another scale
+    assert main(args) == 1
+    checks = pd.read_csv(tmp_path / "checks.csv")
+    assert list(checks.columns[:6]) == ["scale", "paper", "row", "level", "seeds", "check"]
+    assert (checks.status == FAIL).sum() == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(errors) == 1 and errors[0].startswith("error: 1 check(s) failed") and "lenet300-100-dense" in errors[0]
+
+
+def test_compare_reports_a_planted_change_and_rows_on_one_side(tmp_path, capsys):
+    a = results_table(seeds=(0, 1))
+    b = a.copy()
+    b.loc[(b.row == "lenet300-100-gmp-0.9") & (b.seed == 1), "top1"] -= 0.5
+    b.loc[b.row == "lenet300-100-dense", "flops"] *= 1.0005        # 0.05 %: within the tolerance
+    b = pd.concat([b, results_table(scale="smoke")])
+    c = compare(a, b, tolerance=0.1)
+    assert c.matched == 4 and len(c.only_a) == 0 and len(c.only_b) == 2
+    assert c.changes[["row", "seed", "metric"]].values.tolist() == [["lenet300-100-gmp-0.9", 1, "top1"]]
+    assert c.changes.difference.iloc[0] == pytest.approx(-0.5)
+
+    assert main(["compare", str(write(a, tmp_path / "a")), str(write(b, tmp_path / "b"))]) == 1
+    out = capsys.readouterr().out
+    assert "lenet300-100-gmp-0.9" in out and "2 runs only in" in out
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "a" / "tables.csv")]) == 0
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "missing")]) == 1
+    assert capsys.readouterr().err.strip().endswith("no such results table; run "
+                                                    "`snakemake --cores all results/tables.csv` first")
+
+
+# -- the rules, on made-up metrics.json files -------------------------------------------------------
+
+AFTER_EVALUATION = ["aggregate", "checks", "paper_figures", "overview_figure", "all"]
+
+
+def fake_metrics(workdir, scale="smoke", sparsity_of=lambda spec: spec.budget.get("sparsity", 0.0)):
+    """metrics.json for every run at `scale`, shaped as harness/evaluate.py writes them."""
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    for spec in runs_for(config, papers_dir=workdir / "config/papers", scale=scale)[1]:
+        s = sparsity_of(spec)
+        point = {"level": None, "top1": 90.0 - 10 * s ** 4, "top5": 99.0, "sparsity": s, "prunable_params": 1000,
+                 "nonzero_params": round(1000 * (1 - s)), "params": 1010, "flops": 1e6 * (1 - s), "dense_flops": 1e6}
+        metrics = {"spec": json.loads(spec.to_json()), "points": [point], "train": {"wall_s": 1.0},
+                   "env": {"device": "cpu", "commit": "test"}}
+        path = workdir / f"results/runs/{scale}/{spec.paper}/{spec.row}/seed{spec.seed}/metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics))
+
+
+def test_rules_build_checks_figures_and_the_report_then_fail_on_a_missed_budget(workdir):
+    config = workdir / "config/config.yaml"
+    config.write_text(config.read_text().replace("papers: [gmp, hoyer, str]", "papers: [gmp]"))
+    fake_metrics(workdir)
+    # only the rules after evaluation: the made-up metrics.json files stand in for training
+    only = ["--config", "scale=smoke", "--allowed-rules", *AFTER_EVALUATION]
+    snakemake(workdir, *only)
+    checks = pd.read_csv(workdir / "results/checks.csv")
+    assert set(checks.status) == {PASS, NOT_COMPARABLE} and {"budget", "dense", "published"} <= set(checks.check)
+    figures = workdir / "results/figures/smoke"
+    assert {p.name for p in (figures / "gmp").glob("top1-*")} == {"top1-sparsity.png", "top1-sparsity.pdf",
+                                                                  "top1-flops.png", "top1-flops.pdf"}
+    assert (figures / "overview.png").stat().st_size > 10_000 and (figures / "overview.pdf").exists()
+
+    snakemake(workdir, "--report", "results/report.html", *only)
+    report = (workdir / "results/report.html").read_text()
+    for name in ("tables.csv", "checks.csv", "overview.png", "top1-flops.png"):
+        assert name in report, name
+
+    fake_metrics(workdir, sparsity_of=lambda spec: 0.85 if spec.row == "lenet5-caffe-gmp-0.9" else
+                 spec.budget.get("sparsity", 0.0))
+    proc = snakemake(workdir, "results/checks.csv", *only, check=False)
+    assert proc.returncode != 0
+    log = (workdir / "results/logs/checks.log").read_text()
+    assert "lenet5-caffe-gmp-0.9" in log and "error: 1 check(s) failed" in log
