@@ -17,6 +17,14 @@ if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
     fi
 fi
 
+# Only for tests/test_slurm.py, which starts a throwaway SLURM cluster on localhost (that needs root
+# too); without these packages it skips. Running on a real cluster needs none of this.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! { command -v slurmctld && command -v munged; } >/dev/null; then
+    echo "setup: installing slurm-wlm and munge (Debian), for tests/test_slurm.py"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; } \
+        >/dev/null || echo "setup: could not install slurm-wlm and munge; tests/test_slurm.py will skip" >&2
+fi
+
 PY=${PYTHON:-python3}
 stamp=.venv/.requirements.sha256
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
