@@ -4,6 +4,9 @@
   evaluate  --spec JSON --model MODEL.pt --out metrics.json
   aggregate --out tables.csv METRICS.json...
   runs      [--scale S]                                list the runs the config would make
+  checks    --table tables.csv --out checks.csv [--scale S]   regression checks; exit 1 if one fails
+  compare   RESULTS_A RESULTS_B [--tolerance T]       what changed between two result sets
+  figures   --table tables.csv --scale S --out DIR [--only PAPER|overview]
 """
 import argparse
 import sys
@@ -18,6 +21,7 @@ def main(argv=None):
     t.add_argument("--out", required=True)
     t.add_argument("--init", help="model.pt of the dense model to start from")
     t.add_argument("--threads", type=int)
+    t.add_argument("--budget-file", help="budget.csv of the run whose layer-wise budget to train with")
     e = sub.add_parser("evaluate")
     e.add_argument("--spec", required=True)
     e.add_argument("--model", required=True)
@@ -30,6 +34,24 @@ def main(argv=None):
     r = sub.add_parser("runs")
     r.add_argument("--scale")
     r.add_argument("--configfile", default="config/config.yaml")
+    c = sub.add_parser("checks")
+    c.add_argument("--table", default="results/tables.csv")
+    c.add_argument("--out", default="results/checks.csv")
+    c.add_argument("--scale", help="fail only on this scale's checks (default: any)")
+    c.add_argument("--margin", type=float, default=1.0,
+                   help="accuracy points a dense row may trail its pruned rows by (default 1.0)")
+    c.add_argument("--papers-dir", default="config/papers", help="where default_tolerance is read")
+    d = sub.add_parser("compare")
+    d.add_argument("results_a", help="a results folder (or its tables.csv)")
+    d.add_argument("results_b")
+    d.add_argument("--tolerance", type=float, default=0.1,
+                   help="top1 points, sparsity points, %% of flops (default 0.1)")
+    f = sub.add_parser("figures")
+    f.add_argument("--table", default="results/tables.csv")
+    f.add_argument("--scale", required=True)
+    f.add_argument("--out", required=True, help="folder, e.g. results/figures/<scale>")
+    f.add_argument("--only", help="one paper, or 'overview' (default: all)")
+    f.add_argument("--papers-dir", default="config/papers", help="where the papers' titles are read")
     args = ap.parse_args(argv)
 
     from harness.errors import HarnessError
@@ -50,7 +72,8 @@ def _spec(text):
 def _dispatch(args):
     if args.cmd == "train":
         from harness.trainer import Trainer
-        Trainer(_spec(args.spec), args.out, args.init, args.threads, log=lambda m: print(m, flush=True)).run()
+        Trainer(_spec(args.spec), args.out, args.init, args.threads, log=lambda m: print(m, flush=True),
+                budget_file=args.budget_file).run()
     elif args.cmd == "evaluate":
         from harness.evaluate import evaluate
         res = evaluate(_spec(args.spec), args.model, args.out, args.threads)
@@ -68,6 +91,18 @@ def _dispatch(args):
         for spec in runs_for(config, scale=args.scale)[1]:
             print(f"{spec.scale}/{spec.paper}/{spec.row}/seed{spec.seed}: {spec.method} {spec.model} "
                   f"{spec.dataset} budget={spec.budget}")
+    elif args.cmd == "checks":
+        from harness.checks import check
+        check(args.table, args.out, args.papers_dir, args.scale, args.margin)
+    elif args.cmd == "compare":
+        from harness.compare import compare_results
+        return 0 if compare_results(args.results_a, args.results_b, args.tolerance) else 1
+    elif args.cmd == "figures":
+        from harness.checks import paper_settings, read_results
+        from harness.figures import figures
+        titles = paper_settings("title", args.papers_dir)
+        for png in figures(read_results(args.table), args.scale, args.out, args.only, titles):
+            print(png)
     return 0
 
 

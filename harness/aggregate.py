@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["scale", "paper", "row", "method", "model", "dataset", "level", "seed", "top1", "top5",
-           "sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",
+COLUMNS = ["scale", "paper", "row", "method", "pipeline", "model", "dataset", "level", "seed", "top1", "top5",
+           "best_top1", "sparsity", "structured_sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",
            "throughput", "device", "published_top1", "published_sparsity", "published_flops",
-           "published_source", "budget", "init", "notes", "commit"]
+           "published_source", "budget", "init", "notes", "commit",
+           # the rest of a row's `published:` entry, for harness/checks.py
+           "published_top5", "published_nonzero_params", "published_compression", "published_tolerance"]
 
 
 def rows_from_metrics(metrics):
@@ -17,7 +19,9 @@ def rows_from_metrics(metrics):
     for p in metrics["points"]:
         yield {"scale": spec["scale"], "paper": spec["paper"], "row": spec["row"], "method": spec["method"],
                "model": spec["model"], "dataset": spec["dataset"], "level": p.get("level"),
-               "seed": spec["seed"], "top1": p["top1"], "top5": p.get("top5"), "sparsity": p["sparsity"],
+               "seed": spec["seed"], "top1": p["top1"], "top5": p.get("top5"),
+               "best_top1": train.get("best_top1") if p.get("level") is None else None,
+               "sparsity": p["sparsity"], "structured_sparsity": p.get("structured_sparsity"),
                "nonzero_params": p["nonzero_params"], "prunable_params": p["prunable_params"],
                "params": p["params"], "flops": p["flops"], "dense_flops": p["dense_flops"],
                "wall_s": train.get("wall_s"), "throughput": train.get("throughput"),
@@ -25,14 +29,38 @@ def rows_from_metrics(metrics):
                "published_sparsity": pub.get("sparsity"), "published_flops": pub.get("flops"),
                "published_source": pub.get("source"),
                "budget": json.dumps(spec.get("budget") or {}, sort_keys=True), "init": spec.get("init"),
-               "notes": spec.get("notes"), "commit": env.get("commit")}
+               "notes": spec.get("notes"), "commit": env.get("commit"),
+               **{f"published_{k}": pub.get(k) for k in ("top5", "nonzero_params", "compression", "tolerance")}}
+
+
+def add_pipeline(table):
+    """The chain of methods behind each row, following `init` (e.g. dense>hoyer_square>finetune),
+    so that a finetuned row still says which method made its sparsity."""
+    method = {(r.scale, r.paper, r.row): r.method for r in table.itertuples()}
+    init = {(r.scale, r.paper, r.row): r.init for r in table.itertuples()}
+
+    def chain(key):
+        steps = []
+        while key in method and len(steps) <= len(method):
+            steps.append(method[key])
+            parent = init[key]
+            if not isinstance(parent, str):
+                break
+            if parent == "pretrain":
+                steps.append("dense")
+                break
+            key = (key[0], key[1], parent)
+        return ">".join(reversed(steps))
+
+    table["pipeline"] = [chain((r.scale, r.paper, r.row)) for r in table.itertuples()]
+    return table
 
 
 def aggregate(paths, out_csv):
     rows = []
     for path in paths:
         rows += list(rows_from_metrics(json.loads(Path(path).read_text())))
-    table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["scale", "paper", "row", "seed", "level"],
+    table = add_pipeline(pd.DataFrame(rows, columns=COLUMNS)).sort_values(["scale", "paper", "row", "seed", "level"],
                                                            na_position="first", kind="stable")
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out_csv).with_suffix(".csv.tmp")

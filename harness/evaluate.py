@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from harness import io
-from harness.errors import CheckpointError
+from harness.budgets import write_budget_csv
 from harness.metrics import accuracy, count_params, flops, layer_sparsity, sparsity_summary
-from harness.trainer import build_model, loaders_for, select_device
+from harness.trainer import load_trained, loaders_for, select_device
 
 
 def git_commit():
@@ -29,14 +29,7 @@ def evaluate(spec, model_path, out_path, threads=None):
     device = select_device(spec.device)
     _, test_loader, info = loaders_for(spec, device, spec.train_config.batch_size,
                                        spec.train_config.eval_batch_size)
-    saved = io.load_torch(model_path, "trained model")
-    model, method = build_model(spec, info, device)
-    try:
-        model.load_state_dict(saved["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{model_path} does not fit model {spec.model!r} with method {spec.method!r} "
-                           f"({str(err).splitlines()[0]}); delete it to retrain") from None
-    method.load_state_dict(saved["method"])
+    model, method = load_trained(model_path, info, device)
     method.finalize(model)
     train_json = Path(model_path).with_name("train.json")
     train = json.loads(train_json.read_text()) if train_json.exists() else {}
@@ -54,5 +47,6 @@ def evaluate(spec, model_path, out_path, threads=None):
               "env": {"torch": torch.__version__, "commit": git_commit(), "host": platform.node(),
                       "device": str(device),
                       "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
+    write_budget_csv(points[0]["layers"], Path(out_path).with_name("budget.csv"), points[0]["flops"])
     io.save_json(result, out_path)
     return result

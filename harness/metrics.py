@@ -24,22 +24,30 @@ def prunable_layers(model):
 
 @torch.no_grad()
 def layer_sparsity(model):
-    """Per prunable layer: weights, nonzeros and the sparsity (fraction of zeros)."""
+    """Per prunable layer: weights, nonzeros, sparsity (fraction of zeros), and the structure
+    left: output groups (conv filters, linear rows = neurons) and input groups (conv channels,
+    linear columns) with at least one nonzero weight."""
     rows = []
     for name, m in prunable_layers(model):
         w = m.weight
-        nnz = int(torch.count_nonzero(w))
+        nz = w != 0
+        nnz = int(nz.sum())
         rows.append({"layer": name, "params": w.numel(), "nonzero": nnz,
-                     "sparsity": 1.0 - nnz / w.numel()})
+                     "sparsity": 1.0 - nnz / w.numel(),
+                     "out_groups": w.shape[0], "out_alive": int(nz.flatten(1).any(1).sum()),
+                     "in_groups": w.shape[1], "in_alive": int(nz.transpose(0, 1).flatten(1).any(1).sum())})
     return rows
 
 
 def sparsity_summary(layers):
-    """Overall sparsity over the prunable layers from `layer_sparsity` rows."""
+    """Overall sparsity over the prunable layers from `layer_sparsity` rows; structured sparsity
+    is the fraction of output groups (filters, neurons) that are entirely zero."""
     total = sum(r["params"] for r in layers)
     nnz = sum(r["nonzero"] for r in layers)
+    groups = sum(r["out_groups"] for r in layers)
+    alive = sum(r["out_alive"] for r in layers)
     return {"sparsity": 1.0 - nnz / total if total else 0.0, "nonzero_params": nnz,
-            "prunable_params": total}
+            "prunable_params": total, "structured_sparsity": 1.0 - alive / groups if groups else 0.0}
 
 
 def count_params(model):

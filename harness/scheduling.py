@@ -5,8 +5,8 @@ BIG_DATA = {"imagenet"}
 
 
 def gpus(spec):
-    """Paper-scale rows ask for one GPU (the trainer runs on one device); laptop and smoke none."""
-    return 1 if spec.scale == "paper" else 0
+    """Paper-scale rows ask for their `train.gpus` (default 1); laptop and smoke rows for none."""
+    return spec.train.get("gpus", 1) if spec.scale == "paper" else 0
 
 
 def mem_mb(spec):

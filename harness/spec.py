@@ -28,6 +28,7 @@ class TrainConfig:
     amp: bool = True                  # mixed precision where CUDA is used; ignored on CPU
     eval_every: int = 1               # test accuracy every N epochs (0: only at the end)
     eval_batch_size: int = 0          # 0: the loader's default
+    gpus: int = 1                     # GPUs one run asks its scheduler for and splits batches over
 
 
 def dataclass_keys(cls):
@@ -48,7 +49,7 @@ class RunSpec:
     dataset_args: dict = field(default_factory=dict)
     method_args: dict = field(default_factory=dict)
     budget: dict = field(default_factory=dict)
-    init: str | None = None           # "pretrain": start from the shared dense model
+    init: str | None = None           # "pretrain" (the shared dense model) or another row's name
     published: dict = field(default_factory=dict)
     notes: str = ""
     data_dir: str = "data/downloads"

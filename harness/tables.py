@@ -9,6 +9,7 @@ Every mistake is reported as one line: `<file>: row '<row>': <what is wrong and 
 import copy
 import difflib
 import itertools
+import re
 import types
 import typing
 from dataclasses import fields
@@ -30,6 +31,27 @@ SCALES = ("smoke", "laptop", "paper")
 
 class TableError(HarnessError, ValueError):
     """A paper table is wrong; the message is one line naming the file, the row and the fix."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a table with two rows of one name is a mistake."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *anchor` may repeat
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 reads 25.6e6 and 1e-3 as strings; tables are written by people, so read them as numbers
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def paper_names(papers_dir=PAPERS_DIR):
@@ -110,6 +132,10 @@ def check_budget(method_cls, budget):
                 raise ValueError(f"method {method_cls.name!r} takes no budget; remove budget.{k}")
             raise ValueError(f"unknown budget key {k!r} for method {method_cls.name!r}; {_suggest(k, keys)}")
         spec = keys[k]
+        if spec.kind == "text":
+            if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+                raise ValueError(f"budget.{k} should be a name or number: {spec.meaning}")
+            continue
         values = v.values() if isinstance(v, dict) else [v]
         for x in values:
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not spec.low <= x < spec.high:
@@ -121,6 +147,8 @@ def check_budget(method_cls, budget):
 
 
 def _expand_grid(name, row):
+    """One concrete row per combination of the grid's values. A key is a dotted settings path
+    (`budget.sparsity`); `label.x` only names rows; `a,b` zips: its values are [a, b] lists."""
     grid = row.get("grid")
     if not grid:
         yield name, row
@@ -130,17 +158,26 @@ def _expand_grid(name, row):
         concrete = {k: v for k, v in row.items() if k != "grid"}
         labels = {}
         for key, value in zip(keys, combo):
-            *parents, leaf = key.split(".")
-            node = concrete
-            for p in parents:
-                node[p] = dict(node.get(p) or {})
-                node = node[p]
-            node[leaf] = value
-            labels[leaf] = value
+            parts = key.split(",")
+            values = value if len(parts) > 1 else [value]
+            if len(values) != len(parts):
+                raise ValueError(f"grid key {key!r} zips {len(parts)} settings but got {value!r}")
+            for path, v in zip(parts, values):
+                *parents, leaf = path.strip().split(".")
+                labels[leaf] = v
+                if parents == ["label"]:
+                    continue
+                node = concrete
+                for p in parents:
+                    node[p] = dict(node.get(p) or {})
+                    node = node[p]
+                node[leaf] = v
         try:
+            if isinstance(concrete.get("init"), str):  # a chain of grid rows: init: "{model}-train-{sparsity}"
+                concrete["init"] = concrete["init"].format(**labels)
             yield name.format(**labels), concrete
         except KeyError as err:
-            raise ValueError(f"row name {name!r} uses {{{err.args[0]}}}, which is not a grid key") from None
+            raise ValueError(f"row name or init uses {{{err.args[0]}}}, which is not a grid key") from None
 
 
 def _mapped(mapping, name):
@@ -153,7 +190,7 @@ class PaperTable:
         self.path = Path(path)
         self.name = self.path.stem
         try:
-            self.doc = yaml.safe_load(self.path.read_text())
+            self.doc = yaml.load(self.path.read_text(), Loader=_UniqueKeyLoader)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             line = f" at line {mark.line + 1}" if mark else ""
@@ -175,9 +212,13 @@ class PaperTable:
         where = f"row '{row}'" + (f" (grid row '{grid}')" if grid else "") + ": " if row is not None else ""
         raise TableError(f"{self._rel()}: {where}{msg}")
 
-    def rows(self):
-        """(name, row, the name as written) for every row, grids expanded."""
+    def rows(self, scale):
+        """(name, row, the name as written) for every row at `scale`, grids expanded; a row's
+        `scales.<scale>.grid` replaces its grid there (e.g. other strengths on a laptop)."""
         for written, row in self.doc["rows"].items():
+            scale_grid = ((row.get("scales") or {}).get(scale) or {}).get("grid")
+            if scale_grid:
+                row = {**row, "grid": scale_grid}
             try:
                 for name, concrete in _expand_grid(written, row):
                     yield name, concrete, written
@@ -188,11 +229,21 @@ class PaperTable:
         """Every row of this table that exists at `scale`, as one RunSpec per seed."""
         scale_doc = self.doc["scales"][scale]
         out = []
-        for name, row, written in self.rows():
+        names = {name for name, row, _ in self.rows(scale) if not row.get("at_scales") or scale in row["at_scales"]}
+        for name, row, written in self.rows(scale):
             if row.get("at_scales") and scale not in row["at_scales"]:
                 continue
             try:
                 spec = self._resolve(name, row, scale, scale_doc)
+                if spec["init"] == name:
+                    raise ValueError("a row cannot start from itself (init)")
+                transfer = spec["budget"].get("transfer")
+                if transfer is not None and transfer not in names:
+                    raise ValueError(f"budget.transfer: {transfer!r} is not a row of this table at scale {scale}; "
+                                     f"{_suggest(transfer, names)}")
+                if spec["init"] not in (None, "pretrain") and spec["init"] not in names:
+                    raise ValueError(f"init: {spec['init']!r} is neither `pretrain` nor a row of this table "
+                                     f"at scale {scale}; {_suggest(spec['init'], names)}")
             except (ValueError, KeyError) as err:
                 self._fail(name, err.args[0] if err.args else str(err), grid=written if name != written else None)
             for seed in seeds:
@@ -203,8 +254,9 @@ class PaperTable:
         settings = {k: v for k, v in row.items() if k not in ("scales", "at_scales", "published", "notes")}
         scale_settings = {k: v for k, v in scale_doc.items() if k in ("train", "method_args", "model_args",
                                                                       "dataset_args")}
+        row_scale = {k: v for k, v in ((row.get("scales") or {}).get(scale) or {}).items() if k != "grid"}
         merged = _deep_merge(_deep_merge(_deep_merge(self.doc.get("defaults", {}), scale_settings), settings),
-                             (row.get("scales") or {}).get(scale))
+                             row_scale)
         for field_name in ("method", "model", "dataset"):
             if field_name not in merged:
                 raise ValueError(f"no {field_name} given; set `{field_name}:` in the row or in `defaults:`")

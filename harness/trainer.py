@@ -19,7 +19,7 @@ import data
 import methods
 import models
 from harness import io
-from harness.errors import Divergence
+from harness.errors import CheckpointError, Divergence, HarnessError
 from harness.metrics import Throughput, accuracy, layer_sparsity, sparsity_summary
 from harness.schedules import LRSchedule
 from harness.spec import RunSpec
@@ -41,22 +41,52 @@ def seed_everything(seed, device):
         torch.use_deterministic_algorithms(True)
 
 
-def build_model(spec: RunSpec, info, device, init_state=None):
+def build_model(spec: RunSpec, info, device, init_state=None, budget_file=None):
     """Model from the registry, optional starting weights, then the method's changes."""
     model = models.create_model(spec.model, num_classes=info.num_classes, in_channels=info.shape[0],
                                 **_model_kwargs(spec, info))
     if init_state is not None:
         model.load_state_dict(init_state)
     method = methods.get_method(spec.method)
-    method = method(method.Args(**spec.method_args), spec.budget)
+    method = method(method.Args(**spec.method_args), spec.budget, budget_file)
     model = method.build(model).to(device)
     if uses_conv(model):  # NHWC convolutions and pooling are faster on CUDA and on CPU (1.4x for LeNet-5)
         model = model.to(memory_format=torch.channels_last)
     return model, method
 
 
+def data_parallel(model, gpus, device):
+    """Rows that ask for several GPUs (ImageNet) split each batch over those present; hooks,
+    metrics and checkpoints keep using the unwrapped model."""
+    if device.type == "cuda" and gpus > 1 and torch.cuda.device_count() > 1:
+        return torch.nn.DataParallel(model, device_ids=list(range(min(gpus, torch.cuda.device_count()))))
+    return model
+
+
 def uses_conv(model):
     return any(p.dim() == 4 for p in model.parameters())
+
+
+def load_trained(path, info, device="cpu"):
+    """A trained model.pt rebuilt with the method that trained it, its state restored."""
+    saved = io.load_torch(path, "trained model")
+    spec = RunSpec(**saved["spec"])
+    model, method = build_model(spec, info, torch.device(device))
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit model {spec.model!r} with method {spec.method!r} "
+                              f"({str(err).splitlines()[0]}); delete it to retrain") from None
+    method.load_state_dict(saved["method"])
+    return model, method
+
+
+def finalized_state(path, info):
+    """Plain weights of a trained model after its method's finalize (masks baked, values
+    quantized): what a following stage (finetune, the next compression rate) starts from."""
+    model, method = load_trained(path, info)
+    method.finalize(model)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
 def _model_kwargs(spec, info):
@@ -83,7 +113,7 @@ def make_optimizer(cfg, groups):
 
 
 class Trainer:
-    def __init__(self, spec: RunSpec, out_dir, init_path=None, threads=None, log=print):
+    def __init__(self, spec: RunSpec, out_dir, init_path=None, threads=None, log=print, budget_file=None):
         self.spec, self.cfg, self.out = spec, spec.train_config, Path(out_dir)
         self.init_path, self.log = init_path, log
         if threads:
@@ -92,10 +122,11 @@ class Trainer:
         seed_everything(spec.seed, self.device)
         self.train_loader, self.test_loader, self.info = loaders_for(
             spec, self.device, self.cfg.batch_size, self.cfg.eval_batch_size)
-        init_state = None
-        if init_path:
-            init_state = io.load_torch(init_path, "starting model")["state_dict"]
-        self.model, self.method = build_model(spec, self.info, self.device, init_state)
+        init_state = finalized_state(init_path, self.info) if init_path else None
+        if spec.budget.get("transfer") and budget_file is None:
+            raise HarnessError(f"budget transfer from row {spec.budget['transfer']!r} needs that run's budget.csv "
+                               f"(--budget-file)")
+        self.model, self.method = build_model(spec, self.info, self.device, init_state, budget_file)
         groups = self.method.param_groups(self.model, self.cfg.weight_decay, self.cfg.norm_decay)
         self.optimizer = make_optimizer(self.cfg, groups)
         self.lr_at = LRSchedule(self.cfg.lr, self.cfg.epochs, self.cfg.schedule, self.cfg.warmup_epochs,
@@ -105,6 +136,7 @@ class Trainer:
         self.autocast = (lambda: torch.autocast("cuda", self.amp_dtype)) if amp else nullcontext
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.amp_dtype == torch.float16)
         self.channels_last = uses_conv(self.model)
+        self.forward_model = data_parallel(self.model, self.cfg.gpus, self.device)
         self.epoch, self.step, self.wall_s, self.history = 0, 0, 0.0, []
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -137,7 +169,8 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------------------
     def progress(self):
-        return methods.Progress(self.epoch, self.step, len(self.train_loader), self.cfg.epochs)
+        return methods.Progress(self.epoch, self.step, len(self.train_loader), self.cfg.epochs,
+                                self.optimizer.param_groups[0]["lr"])
 
     def train_epoch(self):
         model, method, opt, cfg = self.model, self.method, self.optimizer, self.cfg
@@ -157,7 +190,7 @@ class Trainer:
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with self.autocast():
-                    out = model(x)
+                    out = self.forward_model(x)
                     loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
                     loss = method.loss(model, out, loss)
                 opt.zero_grad(set_to_none=True)
@@ -196,7 +229,7 @@ class Trainer:
             stats = self.train_epoch()
             last = self.epoch + 1 == self.cfg.epochs
             if last or (self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0):
-                stats["test_top1"] = accuracy(self.model, self.test_loader, topk=(1,))["top1"]
+                stats["test_top1"] = accuracy(self.forward_model, self.test_loader, topk=(1,))["top1"]
             stats["sparsity"] = sparsity_summary(layer_sparsity(self.model))["sparsity"]
             self.epoch += 1
             self.wall_s += time.perf_counter() - t0
@@ -204,7 +237,9 @@ class Trainer:
             self.history.append(stats)
             self.save_checkpoint()
             self.log(_epoch_line(stats, self.cfg.epochs))
+        tested = [h["test_top1"] for h in self.history if "test_top1" in h]
         summary = {"epochs": self.cfg.epochs, "wall_s": self.wall_s, "history": self.history,
+                   "best_top1": max(tested) if tested else None,  # as DeepHoyer reports finetuning
                    "throughput": _mean([h["throughput"] for h in self.history]),
                    "device": str(self.device), "threads": torch.get_num_threads()}
         io.save_torch({"state_dict": self.model.state_dict(), "method": self.method.state_dict(),

@@ -22,11 +22,13 @@ class NoArgs:
 
 @dataclass(frozen=True)
 class Budget:
-    """One budget key a method accepts: its admissible range [low, high) and what it means."""
+    """One budget key a method accepts: a number in [low, high) (or, for kind "text", a name or
+    path), what it means, and whether it must be given."""
     low: float
     high: float
     meaning: str
     required: bool = True
+    kind: str = "number"      # number | text
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Progress:
     step: int                 # optimizer steps taken so far, over the whole run
     steps_per_epoch: int
     epochs: int
+    lr: float | None = None   # the lr of the optimizer step just taken (first param group)
 
     @property
     def total_steps(self):
@@ -47,9 +50,10 @@ class Method:
     Args = NoArgs             # the method's own hyperparameters (a dataclass), from `method_args`
     budget_keys: dict = {}    # budget key -> Budget
 
-    def __init__(self, args=None, budget=None):
+    def __init__(self, args=None, budget=None, budget_file=None):
         self.args = args if args is not None else self.Args()
         self.budget = dict(budget or {})
+        self.budget_file = budget_file   # another run's budget.csv, for `budget: {transfer: <row>}`
 
     # -- hooks, in the order the trainer calls them --------------------------------------------
     def build(self, model):

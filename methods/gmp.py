@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Budget, Method, register_method
-from .masking import add_masks, bake_masks, magnitude_mask, raw_weight
+from .base import Method, register_method
+from .masking import add_masks, bake_masks, layer_targets, magnitude_mask, raw_weight, sparsity_budget_keys
 
 
 def zhu_gupta_sparsity(step, final, initial=0.0, begin=0, end=1, frequency=1):
@@ -48,19 +48,20 @@ class GMPArgs:
 class GMP(Method):
     name = "gmp"
     Args = GMPArgs
-    budget_keys = {"sparsity": Budget(0.0, 1.0, "fraction of each prunable layer's weights pruned, e.g. 0.9"),
-                   "layerwise": Budget(0.0, 1.0, "per-layer sparsity {layer name: fraction}", required=False)}
+    budget_keys = sparsity_budget_keys()
 
     def build(self, model):
         if self.args.schedule not in ("zhu_gupta", "str_reference"):
             raise ValueError(f"gmp schedule {self.args.schedule!r} unknown; use zhu_gupta or str_reference")
         self.masks = add_masks(model)
         self.layers = dict((n, m) for n, m in model.named_modules() if n in self.masks)
-        self.current = 0.0
+        self.current, self.targets = 0.0, None
         return model
 
-    def target(self, name):
-        return self.budget.get("layerwise", {}).get(name, self.budget["sparsity"])
+    def target(self, model, name):
+        if self.targets is None:   # resolved when first needed: evaluation never needs it
+            self.targets = layer_targets(self.budget, model, self.budget_file)
+        return self.targets[name]
 
     def _window(self, progress):
         spe = progress.steps_per_epoch
@@ -89,7 +90,7 @@ class GMP(Method):
         self.current = frac
         for name, mask in self.masks.items():
             w = raw_weight(self.layers[name])
-            rate = frac * self.target(name)
+            rate = frac * self.target(model, name)
             n_pruned = int(rate * w.numel()) if reference else round(rate * w.numel())
             scores = w if reference else w * mask.mask   # Zhu & Gupta: pruned weights stay pruned
             mask.mask.copy_(magnitude_mask(scores, n_pruned))

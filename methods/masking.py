@@ -43,7 +43,35 @@ def magnitude_mask(scores, n_pruned):
 
 
 def bake_masks(model):
-    """Make zeros permanent: multiply each masked weight in and drop the parametrization."""
+    """Make zeros permanent: multiply each mask in and drop the parametrizations."""
     for _, m in prunable_layers(model):
-        if parametrize.is_parametrized(m, "weight"):
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        for attr in ("weight", "bias"):
+            if parametrize.is_parametrized(m, attr):
+                parametrize.remove_parametrizations(m, attr, leave_parametrized=True)
+
+
+def sparsity_budget_keys():
+    """The budget keys of methods that prune each layer to a set sparsity (GMP, DNW)."""
+    from .base import Budget
+    return {
+        "sparsity": Budget(0.0, 1.0, "fraction of each prunable layer's weights pruned, e.g. 0.9"),
+        "layerwise": Budget(0.0, 1.0, "per-layer sparsity {layer name: fraction}", required=False),
+        "transfer": Budget(0, 0, "a row of this table whose achieved layer-wise budget to use", False, "text"),
+        "csv": Budget(0, 0, "a budget CSV in STR's format, relative to the repository", False, "text"),
+        "column": Budget(0, 0, "which sparsity column of `csv`, e.g. \"90.23\"", False, "text"),
+    }
+
+
+def layer_targets(budget, model, budget_file=None):
+    """{layer name: target sparsity} for every prunable layer: a transferred or CSV budget, else
+    `layerwise` entries, else the uniform `sparsity`."""
+    from harness.budgets import match_layers, read_budget_csv
+    from harness.tables import ROOT
+    layers = [(n, m.weight.numel()) for n, m in prunable_layers(model)]
+    targets = {n: budget["sparsity"] for n, _ in layers}
+    if budget.get("transfer") and budget_file is not None:   # (the trainer insists on the file; evaluation
+        targets = match_layers(read_budget_csv(budget_file), layers, str(budget_file))  # restores saved state)
+    elif budget.get("csv"):
+        targets = match_layers(read_budget_csv(ROOT / budget["csv"], budget.get("column")), layers, budget["csv"])
+    targets.update(budget.get("layerwise") or {})
+    return targets

@@ -55,10 +55,22 @@ def spec_of(wc):
 
 
 def init_model(wc):
+    """The model a run starts from: none, the paper's shared dense model, or another row's result."""
     spec = spec_of(wc)
-    if spec.init != "pretrain":
+    if spec.init is None:
         return []
-    return run_dir(TABLES[spec.paper].pretrain_spec(spec)) + "/model.pt"
+    if spec.init == "pretrain":
+        return run_dir(TABLES[spec.paper].pretrain_spec(spec)) + "/model.pt"
+    return run_dir(SPECS[(spec.paper, spec.init, str(spec.seed))]) + "/model.pt"
+
+
+def transfer_budget(wc):
+    """STR's budget transfer: the layer-wise budget another row achieved."""
+    spec = spec_of(wc)
+    row = spec.budget.get("transfer")
+    if not row:
+        return []
+    return run_dir(SPECS[(spec.paper, row, str(spec.seed))]) + "/budget.csv"
 
 
 def metrics_files(runs):

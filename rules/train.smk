@@ -5,12 +5,14 @@
 rule train:
     input:
         init=init_model,
+        budget=transfer_budget,
     output:
         model=RUN_DIR + "/model.pt",
         history=RUN_DIR + "/train.json",
     params:
         spec=lambda wc: spec_of(wc).to_json(),
         init=lambda wc, input: f"--init {input.init}" if input.init else "",
+        budget=lambda wc, input: f"--budget-file {input.budget}" if input.budget else "",
     log:
         RUN_DIR + "/train.log",
     benchmark:
@@ -22,14 +24,15 @@ rule train:
         runtime=lambda wc, attempt: scheduling.runtime_min(spec_of(wc)) * attempt,
     shell:
         "HARNESS_NO_BAR=1 {PYTHON} -m harness train --spec {params.spec:q} --out $(dirname {output.model}) "
-        "{params.init} --threads {threads} > {log} 2>&1"
+        "{params.init} {params.budget} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate:
     input:
         model=RUN_DIR + "/model.pt",
     output:
-        RUN_DIR + "/metrics.json",
+        metrics=RUN_DIR + "/metrics.json",
+        budget=RUN_DIR + "/budget.csv",     # the achieved layer-wise budget, in STR's CSV format
     params:
         spec=lambda wc: spec_of(wc).to_json(),
     log:
@@ -37,6 +40,7 @@ rule evaluate:
     threads: 1
     resources:
         gpu=lambda wc: min(1, scheduling.gpus(spec_of(wc))),
+        mem_mb=lambda wc: scheduling.mem_mb(spec_of(wc)),  # on a cluster, the job's memory limit
     shell:
-        "{PYTHON} -m harness evaluate --spec {params.spec:q} --model {input.model} --out {output} "
+        "{PYTHON} -m harness evaluate --spec {params.spec:q} --model {input.model} --out {output.metrics} "
         "--threads {threads} > {log} 2>&1"

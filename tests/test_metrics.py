@@ -36,3 +36,24 @@ def test_accuracy_topk_on_fixed_logits():
     acc = accuracy(model, [(logits[:2], y[:2]), (logits[2:], y[2:])], topk=(1, 2))
     assert acc["top1"] == 25.0 and acc["top2"] == 50.0
     assert acc["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item())
+
+
+def test_structural_counts_filters_channels_rows_and_columns():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 5))
+    with torch.no_grad():
+        model[0].weight[1] = 0          # filter 1 gone
+        model[0].weight[:, 2] = 0       # input channel 2 gone
+        model[2].weight[:, 0] = 0       # input neuron 0 gone
+        model[2].weight[3] = 0          # output neuron 3 gone
+    conv, fc = layer_sparsity(model)
+    assert (conv["out_alive"], conv["in_alive"]) == (3, 2)
+    assert (fc["out_alive"], fc["in_alive"]) == (4, 3)
+    assert sparsity_summary([conv, fc])["structured_sparsity"] == pytest.approx(2 / 9)
+
+
+def test_pipeline_follows_init_chains():
+    import pandas as pd
+    from harness.aggregate import add_pipeline
+    t = pd.DataFrame({"scale": ["s"] * 3, "paper": ["p"] * 3, "row": ["reg", "tune", "plain"],
+                      "method": ["hoyer", "finetune", "gmp"], "init": ["pretrain", "reg", None]})
+    assert add_pipeline(t).pipeline.tolist() == ["dense>hoyer", "dense>hoyer>finetune", "gmp"]

@@ -100,3 +100,43 @@ def test_shipped_tables_expand_at_every_scale():
     for scale in ("smoke", "laptop", "paper"):
         _, runs = runs_for({"papers": ["gmp"], "scale": scale, "seeds": [0], "data_dir": "d", "device": "cpu"})
         assert len(runs) == 12 and all(r.scale == scale for r in runs)
+
+
+def test_a_scale_can_replace_a_rows_grid(tmp_path):
+    def edit(doc):
+        doc["rows"] = {"gmp-{sparsity}": {"method": "gmp", "model": "lenet300-100", "grid": {
+            "budget.sparsity": [0.5, 0.9]}, "scales": {"smoke": {"grid": {"budget.sparsity": [0.3]}}}}}
+    t = table(tmp_path, edit)
+    assert [s.row for s in t.specs("smoke", [0])] == ["gmp-0.3"]
+    assert len(t.specs("laptop", [0])) == 2
+
+
+def test_chained_rows_and_their_errors(tmp_path):
+    def edit(doc):
+        doc["rows"]["tune"] = {"method": "finetune", "model": "lenet300-100", "init": "gmp"}
+    assert table(tmp_path, edit).specs("laptop", [0])[-1].init == "gmp"
+    msg = error(tmp_path, lambda d: d["rows"].update(tune={"method": "finetune", "model": "lenet300-100",
+                                                            "init": "gmq"}))
+    assert "row 'tune': init: 'gmq' is neither `pretrain` nor a row of this table at scale laptop; did you mean 'gmp'?" in msg
+
+
+def test_zipped_grid_keys_and_labels(tmp_path):
+    def edit(doc):
+        doc["rows"] = {
+            "{method}-{decay}": {"model": "lenet300-100", "init": "pretrain", "grid": {
+                "method,method_args.decay": [["l1", 1e-4], ["hoyer", 0.02]]}},
+            "{reg}-{decay}-std{value}": {"method": "finetune", "model": "lenet300-100", "init": "{reg}-{decay}",
+                                         "grid": {"label.reg,label.decay,method_args.value":
+                                                  [["l1", 1e-4, 0.25], ["hoyer", 0.02, 0.05]]}}}
+    specs = table(tmp_path, edit).specs("laptop", [0])
+    assert [(s.row, s.method, s.init) for s in specs] == [
+        ("l1-0.0001", "l1", "pretrain"), ("hoyer-0.02", "hoyer", "pretrain"),
+        ("l1-0.0001-std0.25", "finetune", "l1-0.0001"), ("hoyer-0.02-std0.05", "finetune", "hoyer-0.02")]
+    assert specs[1].method_args == {"decay": 0.02} and specs[3].method_args == {"value": 0.05}
+
+
+def test_duplicate_row_names_are_an_error(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump(BASE, sort_keys=False) + "  dense: {method: dense, model: lenet5-caffe}\n")
+    with pytest.raises(TableError, match=r"dup.yaml: not valid YAML at line \d+: duplicate key 'dense'"):
+        PaperTable(path)

@@ -13,7 +13,7 @@ def test_dry_run_builds_the_dag(workdir, scale):
 
 
 def test_smoke_workflow_end_to_end_then_a_broken_table_loses_nothing(workdir):
-    snakemake(workdir, "results/tables.csv", "--config", "scale=smoke")
+    snakemake(workdir, "results/tables.csv", "--config", "scale=smoke", "papers=[gmp]")
     table = pd.read_csv(workdir / "results" / "tables.csv")
     assert len(table) == 12 and set(table.scale) == {"smoke"}
     required = {"scale", "paper", "row", "method", "model", "dataset", "level", "top1", "sparsity",
@@ -31,7 +31,7 @@ def test_smoke_workflow_end_to_end_then_a_broken_table_loses_nothing(workdir):
     before = {p: p.stat().st_mtime for p in (workdir / "results").rglob("*") if p.is_file()}
     paper = workdir / "config/papers/gmp.yaml"
     paper.write_text(paper.read_text().replace("method: gmp", "method: gmpp"))
-    proc = snakemake(workdir, "results/tables.csv", "--config", "scale=smoke", check=False)
+    proc = snakemake(workdir, "results/tables.csv", "--config", "scale=smoke", "papers=[gmp]", check=False)
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert errors == ["error: config/papers/gmp.yaml: row 'lenet300-100-gmp-0.5' (grid row "
@@ -46,3 +46,19 @@ def test_bad_config_value_is_one_line(workdir):
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert errors == ["error: config/config.yaml (or --config) ['scale']: "
                       "'huge' is not one of ['smoke', 'laptop', 'paper']"]
+
+
+def test_smoke_runs_every_row_of_the_str_and_deephoyer_tables(workdir):
+    """Chains (regularize -> prune + finetune), budget transfer and every method, end to end."""
+    snakemake(workdir, "results/tables.csv", "--config", "scale=smoke", "papers=[hoyer,str]")
+    table = pd.read_csv(workdir / "results" / "tables.csv")
+    assert set(table.paper) == {"hoyer", "str"} and len(table) == 34 + 18
+    tuned = table[table.row == "lenet5-caffe-hoyer_square-0.0002-std0.03"].iloc[0]
+    assert tuned.pipeline == "dense>hoyer_square>finetune" and tuned.sparsity > 0 and tuned.best_top1 > 0
+    rows = table.set_index("row")
+    assert set(rows.method) >= {"dense", "str", "dnw", "gmp", "l1", "hoyer", "hoyer_square", "tl1",
+                                "group_lasso", "group_hs", "finetune"}
+    # DNW trained with the layer-wise budget STR learned: the same per-layer sparsity
+    budget = lambda row: pd.read_csv(workdir / f"results/runs/smoke/str/{row}/seed0/budget.csv")  # noqa: E731
+    source, target = budget("str-0.02"), budget("dnw-transfer")
+    assert (source["Sparsity (%)"] - target["Sparsity (%)"]).abs().max() < 0.5   # int(rate * n) rounding

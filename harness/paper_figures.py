@@ -1,0 +1,95 @@
+"""The figures particular to one paper, registered with harness.figures' registry. Shared drawing
+(style, panels, measured vs published points) lives in harness/figures.py."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import FuncFormatter
+
+from harness.figures import panels, per_model, register_figure
+
+
+def budget_source(budget):
+    """How a row's layer-wise budget was set: uniform, or taken from STR (transfer or file)."""
+    b = json.loads(budget) if isinstance(budget, str) else {}
+    return " (STR budget)" if b.get("transfer") or b.get("csv") else ""
+
+
+@register_figure("str")
+def str_figures(rows):
+    """STR against DNW and GMP: top-1 against sparsity and against FLOPs; rows trained with STR's
+    budget (budget transfer) are their own curve."""
+    rows = rows.assign(series=rows.method + rows.budget.map(budget_source))
+    return {"top1-sparsity": per_model(rows, "sparsity", hue="series"),
+            "top1-flops": per_model(rows, "flops", hue="series")}
+
+
+def pareto(rows, keys):
+    """The rows no other row of the same `keys` beats in both sparsity and top-1."""
+    def front(group):
+        best, keep = -1.0, []
+        for idx, r in group.sort_values(["sparsity", "top1"], ascending=False).iterrows():
+            if r.top1 > best:
+                keep.append(idx)
+                best = r.top1
+        return group.loc[keep]
+    return pd.concat([front(g) for _, g in rows.groupby(keys)]) if not rows.empty else rows
+
+
+def finished_rows(rows):
+    """DeepHoyer's results: finetuned rows (named by the regularizer before them) and dense rows."""
+    rows = rows.assign(regularizer=rows.pipeline.str.split(">").map(
+        lambda chain: chain[-2] if len(chain) > 1 and chain[-1] == "finetune" else chain[-1]))
+    return rows[(rows.method == "dense") | rows.pipeline.str.endswith("finetune")]
+
+
+def best_per_regularizer(final, slack=1.0):
+    """Per model and regularizer: the sparsest finetuned row within `slack` points of its best top-1."""
+    tuned = final[final.method != "dense"]
+    best = []
+    for _, group in tuned.groupby(["model", "regularizer"]):
+        good = group[group.top1 >= group.top1.max() - slack]
+        best.append(good.loc[good.sparsity.idxmax()])
+    return pd.DataFrame(best)
+
+
+def layer_rows(best, runs_root):
+    """Per-layer sparsity of each chosen row, from its metrics.json."""
+    out = []
+    for r in best.itertuples():
+        path = Path(runs_root) / r.scale / r.paper / r.row / f"seed{r.seed}" / "metrics.json"
+        if not path.exists():
+            continue
+        for layer in json.loads(path.read_text())["points"][0]["layers"]:
+            out.append({"model": r.model, "regularizer": r.regularizer, "layer": layer["layer"],
+                        "nonzero %": 100 * (1 - layer["sparsity"])})
+    return pd.DataFrame(out)
+
+
+@register_figure("hoyer")
+def hoyer_figures(rows, runs_root="results/runs"):
+    """DeepHoyer: the Pareto front of top-1 against sparsity per regularizer (finetuned rows), and
+    the per-layer nonzero % of each regularizer's best row."""
+    final = finished_rows(rows)
+    fronts = pd.concat([final[final.method == "dense"], pareto(final[final.method != "dense"], ["model", "regularizer"])])
+    figs = {"top1-sparsity-pareto": per_model(fronts, "sparsity", hue="regularizer")}
+    layers = layer_rows(best_per_regularizer(final), runs_root)
+    if not layers.empty:
+        models = sorted(layers.model.unique())
+        fig, axes = panels(len(models), 6.0, 4.0)
+        order = sorted(layers.regularizer.unique())
+        for ax, model in zip(axes, models):
+            sns.barplot(layers[layers.model == model], x="layer", y="nonzero %", hue="regularizer",
+                        hue_order=order, ax=ax, legend=ax is axes[0])
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+            ax.set_title(f"{model}: nonzero weights per layer", fontsize="medium")
+            ax.set_xlabel("layer (module name)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        axes[0].get_legend().remove()
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False,
+                   title="best row of each regularizer (sparsest within 1 point of its best top-1)")
+        figs["layer-nonzero"] = fig
+    return figs

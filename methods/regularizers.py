@@ -1,0 +1,94 @@
+"""DeepHoyer's sparsity-inducing regularizers (Yang, Wen & Li, ICLR 2020), added to the task loss
+as `decay * R(model)` while training from the dense model; pruning and masked finetuning follow as
+their own rows (methods/finetune.py).
+
+Element-wise (the seed's element.py `--reg 1..4`), summed over every parameter tensor p with
+sum|p| > 0, biases included as in the reference:
+    l1            sum|p|
+    hoyer         sum|p| / ||p||_2
+    hoyer_square  (sum|p|)^2 / ||p||_2^2            (HS; scale invariant, like hoyer)
+    tl1           sum 2|p| / (1 + |p|)               (transformed L1, a = 1)
+Structural (structure.py `--reg 1..2`), over conv and linear weights only, with groups as the paper
+defines them: conv filters W[f] and channels W[:, c]; linear rows W[i, :] and columns W[:, j]:
+    group_lasso   sum of the group norms over both group sets
+    group_hs      ((sum of channel/column norms)^2 + (sum of filter/row norms)^2) / ||W||_F^2
+`conv_groups: fiber` reproduces the reference's MNIST-CNN Group Lasso and ImageNet code, which group
+conv weights along dims 0 and 1 only (fibers W[:, c, i, j] and W[f, :, i, j]) instead of whole
+channels and filters."""
+from dataclasses import dataclass
+
+import torch
+
+from harness.metrics import prunable_layers
+
+from .base import Method, register_method
+
+
+def l1(p):
+    return p.abs().sum()
+
+
+def hoyer(p):
+    return p.abs().sum() / p.pow(2).sum().sqrt()
+
+
+def hoyer_square(p):
+    return p.abs().sum() ** 2 / p.pow(2).sum()
+
+
+def tl1(p):
+    a = p.abs()
+    return (2 * a / (1 + a)).sum()
+
+
+def group_norms(w, conv_groups="channel_filter"):
+    """(column-or-channel norms, row-or-filter norms) of a linear or conv weight."""
+    sq = w.pow(2)
+    if w.dim() == 2 or conv_groups == "fiber":
+        return sq.sum(0).sqrt(), sq.sum(1).sqrt()
+    return sq.sum((0, 2, 3)).sqrt(), sq.sum((1, 2, 3)).sqrt()
+
+
+def group_lasso(w, conv_groups="channel_filter"):
+    cols, rows = group_norms(w, conv_groups)
+    return cols.sum() + rows.sum()
+
+
+def group_hs(w, conv_groups="channel_filter"):
+    cols, rows = group_norms(w, conv_groups)
+    return (cols.sum() ** 2 + rows.sum() ** 2) / w.pow(2).sum()
+
+
+ELEMENT = {"l1": l1, "hoyer": hoyer, "hoyer_square": hoyer_square, "tl1": tl1}
+STRUCTURAL = {"group_lasso": group_lasso, "group_hs": group_hs}
+
+
+@dataclass
+class RegularizerArgs:
+    decay: float = 1e-3                 # the regularizer's strength (the seed's --decay)
+    conv_groups: str = "channel_filter"  # structural only: channel_filter (paper) | fiber (reference quirk)
+
+
+class Regularized(Method):
+    """Training with `decay * R(model)` added to the loss; nothing else changes."""
+    Args = RegularizerArgs
+    structural = False
+
+    def regularizer(self, model):
+        if self.structural:
+            fn = STRUCTURAL[self.name]
+            return sum(fn(m.weight, self.args.conv_groups) for _, m in prunable_layers(model)
+                       if m.weight.abs().sum() > 0)
+        fn = ELEMENT[self.name]
+        return sum(fn(p) for p in model.parameters() if p.requires_grad and p.abs().sum() > 0)
+
+    def loss(self, model, outputs, base_loss):
+        return base_loss + self.args.decay * self.regularizer(model)
+
+    def report(self, model):
+        with torch.no_grad():
+            return {"regularizer": self.name, "regularizer_value": float(self.regularizer(model))}
+
+
+for _name, _structural in [*((n, False) for n in ELEMENT), *((n, True) for n in STRUCTURAL)]:
+    register_method(type(f"Regularized_{_name}", (Regularized,), {"name": _name, "structural": _structural}))

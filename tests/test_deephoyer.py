@@ -1,0 +1,117 @@
+"""DeepHoyer's regularizers, pruning rules and masked finetuning against the values the reference
+notes derive from yanghr/DeepHoyer's formulas on fixed tensors (admm_hoyer.md B-1..B-3)."""
+import math
+
+import pytest
+import torch
+
+import models
+from harness.spec import RunSpec
+from harness.trainer import Trainer
+from methods import get_method
+from methods.finetune import prune_tensor
+from methods.regularizers import group_hs, group_lasso, group_norms, hoyer, hoyer_square, l1, tl1
+
+W = torch.tensor([3.0, -4.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("scale, expected", [
+    (1.0, {l1: 7.0, hoyer: 1.4, hoyer_square: 1.96, tl1: 3.1}),
+    (10.0, {l1: 70.0, hoyer: 1.4, hoyer_square: 1.96, tl1: 3.88670338}),
+    (0.1, {l1: 0.7, hoyer: 1.4, hoyer_square: 1.96, tl1: 1.03296703}),
+])
+def test_element_regularizer_values_and_scale_invariance(scale, expected):
+    for fn, value in expected.items():
+        assert fn(W * scale).item() == pytest.approx(value, rel=1e-6), fn.__name__
+
+
+def test_dense_vector_reaches_the_hoyer_maximum():
+    ones = torch.ones(4)
+    assert hoyer(ones).item() == pytest.approx(2.0) and hoyer_square(ones).item() == pytest.approx(4.0)
+    assert tl1(ones).item() == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("fn, grad", [
+    (hoyer, [1 / 5 - 7 * 3 / 125, -1 / 5 + 7 * 4 / 125, 0, 0]),          # sign/||w|| - sum|w| w/||w||^3
+    (hoyer_square, [2 * 7 / 25 - 2 * 49 * 3 / 625, -2 * 7 / 25 + 2 * 49 * 4 / 625, 0, 0]),
+    (tl1, [2 / 16, -2 / 25, 0, 0]),                                      # 2 sign(w) / (1 + |w|)^2
+    (l1, [1, -1, 0, 0]),
+])
+def test_element_regularizer_gradients(fn, grad):
+    w = W.clone().requires_grad_()
+    fn(w).backward()
+    assert w.grad.tolist() == pytest.approx(grad, abs=1e-7)
+
+
+def test_group_regularizers_on_a_linear_weight():
+    w = torch.tensor([[3.0, 0.0, 0.0], [4.0, 0.0, 1.0]])   # out x in
+    cols, rows = group_norms(w)
+    assert cols.tolist() == pytest.approx([5, 0, 1]) and rows.tolist() == pytest.approx([3, math.sqrt(17)])
+    assert group_lasso(w).item() == pytest.approx(13.12310563)
+    assert group_hs(w).item() == pytest.approx(3.33610130)
+
+
+def test_group_regularizers_on_a_conv_weight():
+    w = torch.arange(1.0, 17.0).reshape(2, 2, 2, 2)
+    channels, filters = group_norms(w)
+    assert channels.sum().item() == pytest.approx(53.75486307) and filters.sum().item() == pytest.approx(50.22725837)
+    assert group_hs(w).item() == pytest.approx(3.61788956)
+    assert group_lasso(w).item() == pytest.approx(103.98212144)
+    assert group_lasso(w, "fiber").item() == pytest.approx(206.50644665)   # the reference's MNIST-CNN variant
+
+
+def test_group_hs_minimum_for_one_filter_and_channel_and_scale_invariance():
+    w = torch.zeros(2, 2, 2, 2)
+    w[0, 0] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert group_hs(w).item() == pytest.approx(2.0)
+    dense = torch.randn(4, 3, 3, 3)
+    assert group_hs(dense * 7).item() == pytest.approx(group_hs(dense).item(), rel=1e-5)
+
+
+T = [0.5, -0.01, 0.02, -0.7, 0.03, 0.0, 0.0005, -0.2]
+
+
+@pytest.mark.parametrize("rule, value, expected", [
+    ("std", 0.1, [0.5, 0, 0, -0.7, 0, 0, 0, -0.2]),                     # thr = 0.1 * 0.30928248
+    ("threshold", 0.001, [0.5, -0.01, 0.02, -0.7, 0.03, 0, 0, -0.2]),
+    ("threshold", 0.02, [0.5, 0, 0.02, -0.7, 0.03, 0, 0, -0.2]),          # strict: |w| < s
+])
+def test_pruning_rules(rule, value, expected):
+    w = torch.tensor(T, dtype=torch.float64)
+    prune_tensor(w, rule, value)
+    assert w.tolist() == expected
+
+
+def test_regularized_loss_adds_decay_times_regularizer():
+    cls = get_method("hoyer_square")
+    method = cls(cls.Args(decay=0.5))
+    model = models.create_model("lenet300-100", 10)
+    expected = sum(hoyer_square(p) for p in model.parameters())
+    assert method.loss(model, None, torch.tensor(1.0)).item() == pytest.approx(1 + 0.5 * expected.item(), rel=1e-5)
+
+
+def test_finetuning_keeps_pruned_weights_at_zero(tmp_path):
+    spec = dict(scale="smoke", paper="t", seed=0, model="lenet5-caffe", dataset="synthetic",
+                dataset_args={"train_size": 256, "test_size": 64}, device="cpu")
+    Trainer(RunSpec(row="dense", method="dense", train={"epochs": 1, "batch_size": 64, "lr": 0.05}, **spec),
+            tmp_path / "dense", log=lambda m: None).run()
+    tune = RunSpec(row="tune", method="finetune", method_args={"prune": "std", "value": 0.5},
+                   train={"epochs": 2, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4},
+                   **spec)
+    trainer = Trainer(tune, tmp_path / "tune", init_path=tmp_path / "dense" / "model.pt", log=lambda m: None)
+    before = _effective(trainer.model)
+    zeros = {n: p == 0 for n, p in before.items()}
+    assert sum(int(z.sum()) for z in zeros.values()) > 1000
+    trainer.run()
+    after = _effective(trainer.model)
+    assert all(bool((after[n][z] == 0).all()) for n, z in zeros.items())
+    assert not torch.equal(after["5.weight"][~zeros["5.weight"]], before["5.weight"][~zeros["5.weight"]])
+
+
+def _effective(model):
+    from harness.metrics import prunable_layers
+    out = {}
+    for name, m in prunable_layers(model):
+        out[name + ".weight"] = m.weight.detach().clone()
+        out[name + ".bias"] = m.bias.detach().clone()
+    return out
