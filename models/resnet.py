@@ -1,4 +1,4 @@
-"""Residual networks: CIFAR ResNet-20/56 (He et al. 2016, option-A shortcuts), the pre-activation
+"""Residual networks: CIFAR ResNet-20/56/110 (He et al. 2016, option-A shortcuts), the pre-activation
 bottleneck cPreResNet20 of network slimming (used by LCS), and ImageNet ResNet18/50 (v1.5: stride
 on the 3x3 conv, as in torchvision and STR)."""
 import torch.nn as nn
@@ -106,6 +106,12 @@ def resnet20(num_classes=10, in_channels=3, layers=None, width=1.0):
 @register_model("resnet56")
 def resnet56(num_classes=10, in_channels=3, layers=None, width=1.0):
     return ResNet(layers, BasicBlock, [9, 9, 9], _scaled([16, 32, 64], width), num_classes,
+                  in_channels, "cifar", "pad")
+
+
+@register_model("resnet110")
+def resnet110(num_classes=10, in_channels=3, layers=None, width=1.0):
+    return ResNet(layers, BasicBlock, [18, 18, 18], _scaled([16, 32, 64], width), num_classes,
                   in_channels, "cifar", "pad")
 
 

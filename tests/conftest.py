@@ -12,16 +12,21 @@ WORKFLOW_FILES = ["Snakefile", "config", "rules", "harness", "methods", "models"
                   "budgets"]
 
 
-@pytest.fixture
-def workdir(tmp_path):
-    """A copy of the workflow (code and config, no results) to run Snakemake in."""
+def copy_workflow_files(dest):
+    """The workflow's code and config, without results or downloads, into `dest`."""
     for name in WORKFLOW_FILES:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "downloads"))
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "downloads"))
         else:
-            shutil.copy(src, tmp_path / name)
-    return tmp_path
+            shutil.copy(src, dest / name)
+    return dest
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A copy of the workflow (code and config, no results) to run Snakemake in."""
+    return copy_workflow_files(tmp_path)
 
 
 def snakemake(cwd, *args, check=True, timeout=900):

@@ -6,7 +6,7 @@ import models
 from harness.metrics import count_params, flops, layer_sparsity
 
 SHAPES = {"lenet300-100": (1, 28, 28), "lenet5-caffe": (1, 28, 28), "resnet20": (3, 32, 32),
-          "resnet56": (3, 32, 32), "cpreresnet20": (3, 32, 32), "vgg19": (3, 32, 32),
+          "resnet56": (3, 32, 32), "resnet110": (3, 32, 32), "cpreresnet20": (3, 32, 32), "vgg19": (3, 32, 32),
           "resnet18": (3, 64, 64), "resnet50": (3, 64, 64), "mobilenetv1": (3, 64, 64),
           "alexnet": (3, 224, 224)}
 
@@ -29,11 +29,12 @@ def test_forward_shape(name):
     ("mobilenetv1", 4_231_976),     # STR README "4.21M" (conv+fc weights, below)
     ("resnet20", 269_722),          # He et al. "0.27M"
     ("resnet56", 853_018),          # He et al. "0.85M"
+    ("resnet110", 1_727_962),       # He et al. "1.7M"
     ("resnet18", 11_689_512),       # torchvision
     ("alexnet", 61_100_840),        # torchvision; ADMM notes: 61,090,496 weights
 ])
 def test_parameter_counts(name, expected):
-    nc = 10 if name in ("lenet300-100", "lenet5-caffe", "resnet20", "resnet56") else 1000
+    nc = 10 if name in ("lenet300-100", "lenet5-caffe", "resnet20", "resnet56", "resnet110") else 1000
     assert count_params(models.create_model(name, nc, in_channels=SHAPES[name][0])) == expected
 
 

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, WORKFLOW_FILES
+from tests.conftest import copy_workflow_files
 from tests.slurm_cluster import LocalSlurm, Unavailable
 
 PAPER = "slurm_test"
@@ -69,12 +68,7 @@ def cluster(tmp_path_factory):
 
 def copy_workflow(dest):
     """What conftest's `workdir` fixture makes (code and config, no results), plus the test table."""
-    for name in WORKFLOW_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "downloads"))
-        else:
-            shutil.copy(src, dest / name)
+    copy_workflow_files(dest)
     (dest / "config" / "papers" / f"{PAPER}.yaml").write_text(TABLE)
     return dest
 
