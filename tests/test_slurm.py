@@ -188,12 +188,12 @@ def test_every_job_went_through_slurm_without_a_gpu(runs, cluster):
     for rule in ("train", "evaluate"):
         for row in (SHORT, LONG):
             assert list(logs.glob(f"rule_{rule}/smoke_{PAPER}_{row}_0/*.log")), (rule, row)
-    assert list(logs.glob("rule_aggregate/*.log"))
+    assert not list(logs.glob("rule_aggregate/*.log"))   # a localrule: runs beside Snakemake, not as a job
 
     jobs = [j for j in cluster.jobs("JobID", "Name", "State", "tres-per-job")
             if j["Name"] == slurm_run_id(runs.slurm_out)]
-    # 2 train (LONG's twice: the requeued then cancelled job, and its resubmission), 2 evaluate, 1 aggregate
-    assert sorted(j["State"] for j in jobs) == ["CANCELLED"] + ["COMPLETED"] * 5, jobs
+    # 2 train (LONG's twice: the requeued then cancelled job, and its resubmission), 2 evaluate
+    assert sorted(j["State"] for j in jobs) == ["CANCELLED"] + ["COMPLETED"] * 4, jobs
     # smoke rows ask for gpu=0 (harness/scheduling.py): no --gpus, no GPU among the job's resources
     assert {j["tres-per-job"] for j in jobs} == {"N/A"}
 
@@ -242,7 +242,7 @@ def test_paper_scale_jobs_ask_for_one_gpu(cluster, workdir):
         wait_for(lambda: any(j["Reason"] == "JobHeldUser" for j in mine()), "a held paper-scale job", proc,
                  timeout=120)
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+        proc.wait(timeout=300)   # cancelling waits on the plugin's status polling (seconds to minutes)
     jobs = mine()
     assert jobs and all(j["Comment"].startswith("rule_train_wildcards_paper_gmp_") for j in jobs), jobs
     assert {j["tres-per-job"] for j in jobs} == {"gres:gpu:1"}
