@@ -6,6 +6,7 @@ A run folder holds spec.json, checkpoint.pt (rolling, every epoch, written atomi
 
 import os
 import random
+from dataclasses import asdict
 import sys
 import time
 from contextlib import nullcontext
@@ -222,7 +223,7 @@ class Trainer:
 
     def run(self):
         self.out.mkdir(parents=True, exist_ok=True)
-        io.save_json(_jsonable(self.spec), self.out / "spec.json")
+        io.save_json(asdict(self.spec), self.out / "spec.json")
         self.try_resume()
         while self.epoch < self.cfg.epochs:
             t0 = time.perf_counter()
@@ -243,14 +244,9 @@ class Trainer:
                    "throughput": _mean([h["throughput"] for h in self.history]),
                    "device": str(self.device), "threads": torch.get_num_threads()}
         io.save_torch({"state_dict": self.model.state_dict(), "method": self.method.state_dict(),
-                       "spec": _jsonable(self.spec)}, self.out / "model.pt")
+                       "spec": asdict(self.spec)}, self.out / "model.pt")
         io.save_json(summary, self.out / "train.json")
         return summary
-
-
-def _jsonable(spec):
-    import json
-    return json.loads(spec.to_json())
 
 
 def _mean(xs):
