@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["scale", "paper", "row", "method", "pipeline", "model", "dataset", "level", "seed", "top1", "top5",
-           "best_top1", "sparsity", "structured_sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",
+COLUMNS = ["scale", "paper", "row", "method", "pipeline", "model", "dataset", "level", "level_kind", "seed", "top1", "top5",
+           "best_top1", "sparsity", "bits", "compression", "size_bits", "structured_sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",
            "throughput", "device", "published_top1", "published_sparsity", "published_flops",
            "published_source", "budget", "init", "notes", "commit",
            # the rest of a row's `published:` entry, for harness/checks.py
@@ -19,6 +19,8 @@ def rows_from_metrics(metrics):
     for p in metrics["points"]:
         yield {"scale": spec["scale"], "paper": spec["paper"], "row": spec["row"], "method": spec["method"],
                "model": spec["model"], "dataset": spec["dataset"], "level": p.get("level"),
+               "level_kind": p.get("level_kind"), "bits": p.get("bits"), "compression": p.get("compression"),
+               "size_bits": p.get("size_bits"),
                "seed": spec["seed"], "top1": p["top1"], "top5": p.get("top5"),
                "best_top1": train.get("best_top1") if p.get("level") is None else None,
                "sparsity": p["sparsity"], "structured_sparsity": p.get("structured_sparsity"),

@@ -14,7 +14,7 @@ Three kinds of check (the `check` column), on each row's mean over its seeds:
 Tolerances. A row's `published.tolerance`, else its table's `default_tolerance`, is one number T
 read in each metric's own terms: T accuracy points for top1/top5, T sparsity points (T/100 as a
 fraction) for sparsity, and T percent of the published value for flops, nonzero_params and
-compression (prunable weights / nonzero weights), whose scale depends on the model. The budget
+compression (32-bit dense size / stored size, harness.metrics.model_size), whose scale depends on the model. The budget
 check allows 1e-3, or a method class's own `sparsity_tolerance`."""
 import functools
 import json
@@ -88,7 +88,8 @@ def is_pruned(rows):
 
 def seed_means(table):
     """One line per (scale, paper, row, level): metrics averaged over seeds, settings as given."""
-    table = table.assign(compression=table.prunable_params / table.nonzero_params)
+    if "compression" not in table:   # tables.csv from before the bits-aware column
+        table = table.assign(compression=table.prunable_params / table.nonzero_params)
     first = ["method", "model", "dataset", "budget", "notes", *PUBLISHED, "published_tolerance"]
     mean = ["top1", "top5", "sparsity", "nonzero_params", "flops", "compression"]
     return table.groupby(KEYS, dropna=False, sort=False).agg(

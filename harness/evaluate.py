@@ -9,7 +9,7 @@ import torch
 
 from harness import io
 from harness.budgets import write_budget_csv
-from harness.metrics import accuracy, count_params, flops, layer_sparsity, sparsity_summary
+from harness.metrics import accuracy, count_params, flops, layer_sparsity, model_size, sparsity_summary
 from harness.trainer import load_trained, loaders_for, select_device
 
 
@@ -39,7 +39,8 @@ def evaluate(spec, model_path, out_path, threads=None):
         with method.at_level(model, level):
             acc = accuracy(model, test_loader, topk=(1, 5))
             layers = layer_sparsity(model)
-            point = {"level": level, **acc, **sparsity_summary(layers),
+            point = {"level": level, "level_kind": method.level_kind if level is not None else None,
+                     **acc, **sparsity_summary(layers), **model_size(layers, method.storage(model, layers)),
                      **flops(model, info.shape, layers, device), "params": count_params(model),
                      "layers": layers}
         points.append(point)

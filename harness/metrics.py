@@ -50,6 +50,17 @@ def sparsity_summary(layers):
             "prunable_params": total, "structured_sparsity": 1.0 - alive / groups if groups else 0.0}
 
 
+def model_size(layers, storage):
+    """Storage of the prunable weights, as ADMM's paper counts it: `storage` gives per layer
+    (bits per stored weight, weights stored); nothing else is counted (no indices of the nonzeros,
+    no codebooks, no biases or norms). compression = 32-bit dense size / this size."""
+    size = sum(b * k for b, k in storage)
+    stored = sum(k for _, k in storage)
+    dense = 32.0 * sum(r["params"] for r in layers)
+    return {"size_bits": size, "bits": size / stored if stored else 0.0,
+            "compression": dense / size if size else float("inf")}
+
+
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
 

@@ -268,6 +268,11 @@ class ADMM(Method):
             return list(self.numels)
         return [int((w != 0).sum()) for w in self._weights()]
 
+    def storage(self, model, layers):
+        """The bits each layer was given, over its nonzeros (every weight in quantize-only mode);
+        32-bit floats in prune-only mode."""
+        return list(zip(self.bits if self.uses_admm else [32] * len(self.numels), self.stored()))
+
     def report(self, model):
         """Per layer: weights, nonzeros, bits (chosen) and eval_bits (log2 of the distinct nonzero
         values, as the reference logs); the paper's compression rate 32 sum n / sum b nnz with the

@@ -47,6 +47,7 @@ class Progress:
 
 class Method:
     name = "base"
+    level_kind = None         # what evaluation_points' levels are: None, "width", "topk" or "bits"
     Args = NoArgs             # the method's own hyperparameters (a dataclass), from `method_args`
     budget_keys: dict = {}    # budget key -> Budget
 
@@ -95,6 +96,11 @@ class Method:
     def at_level(self, model, level):
         """Context in which the model runs at `level` (LCS, slimmable nets)."""
         return contextlib.nullcontext()
+
+    def storage(self, model, layers):
+        """Per prunable layer (the `layer_sparsity` rows): (bits per stored weight, weights
+        stored). Default: 32-bit floats, zeros not stored. Quantizers override it."""
+        return [(32, r["nonzero"]) for r in layers]
 
     def report(self, model):
         """Extra per-run facts for metrics.json (thresholds, bit widths, ...)."""

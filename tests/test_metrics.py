@@ -57,3 +57,11 @@ def test_pipeline_follows_init_chains():
     t = pd.DataFrame({"scale": ["s"] * 3, "paper": ["p"] * 3, "row": ["reg", "tune", "plain"],
                       "method": ["hoyer", "finetune", "gmp"], "init": ["pretrain", "reg", None]})
     assert add_pipeline(t).pipeline.tolist() == ["dense>hoyer", "dense>hoyer>finetune", "gmp"]
+
+
+def test_model_size_counts_bits_per_stored_weight():
+    from harness.metrics import model_size
+    layers = [{"params": 100}, {"params": 50}]
+    size = model_size(layers, [(2, 10), (4, 5)])       # 20 + 20 bits for 15 stored weights
+    assert size == {"size_bits": 40, "bits": 40 / 15, "compression": 32 * 150 / 40}
+    assert model_size(layers, [(32, 100), (32, 50)])["compression"] == 1.0
