@@ -1,4 +1,5 @@
 """Atomic file writes: a killed job never leaves a half-written checkpoint or metrics file."""
+import hashlib
 import json
 import os
 import tempfile
@@ -39,3 +40,9 @@ def load_torch(path, what="checkpoint"):
     except Exception as err:
         raise CheckpointError(f"{what} {path} is unreadable ({type(err).__name__}); "
                            f"delete it to start this stage again") from None
+
+
+def file_digest(path):
+    """sha256 of a file's bytes (a starting model or budget file a run depends on)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]

@@ -25,6 +25,7 @@ class TrainConfig:
     lr_per_epoch: bool = False        # STR and LCS update the lr once per epoch
     label_smoothing: float = 0.0
     grad_clip: float = 0.0            # max gradient norm; 0 = off
+    grad_clip_norm: float = 2.0       # the norm it is measured in: 2, or inf (ADMM's train.py --gclip)
     amp: bool = True                  # mixed precision where CUDA is used; ignored on CPU
     eval_every: int = 1               # test accuracy every N epochs (0: only at the end)
     eval_batch_size: int = 0          # 0: the loader's default

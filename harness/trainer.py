@@ -117,6 +117,10 @@ class Trainer:
     def __init__(self, spec: RunSpec, out_dir, init_path=None, threads=None, log=print, budget_file=None):
         self.spec, self.cfg, self.out = spec, spec.train_config, Path(out_dir)
         self.init_path, self.log = init_path, log
+        # a checkpoint resumes only the same settings started from the same files: a re-run of the
+        # row this one starts from (or whose budget it takes) makes its checkpoint stale
+        self.fingerprint = "-".join([spec.result_fingerprint(),
+                                     *(io.file_digest(p) for p in (init_path, budget_file) if p)])
         if threads:
             torch.set_num_threads(threads)
         self.device = select_device(spec.device)
@@ -146,7 +150,7 @@ class Trainer:
         return self.out / "checkpoint.pt"
 
     def save_checkpoint(self):
-        io.save_torch({"fingerprint": self.spec.result_fingerprint(), "epoch": self.epoch,
+        io.save_torch({"fingerprint": self.fingerprint, "epoch": self.epoch,
                        "step": self.step, "wall_s": self.wall_s, "history": self.history,
                        "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                        "scaler": self.scaler.state_dict(), "method": self.method.state_dict(),
@@ -156,8 +160,8 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return False
         ck = io.load_torch(self.checkpoint_path)
-        if ck["fingerprint"] != self.spec.result_fingerprint():
-            self.log(f"checkpoint {self.checkpoint_path} belongs to other settings; starting afresh")
+        if ck["fingerprint"] != self.fingerprint:
+            self.log(f"checkpoint {self.checkpoint_path} belongs to other settings or another starting model; starting afresh")
             return False
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -198,7 +202,7 @@ class Trainer:
                 self.scaler.scale(loss).backward()
                 if cfg.grad_clip > 0:
                     self.scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, cfg.grad_clip_norm)
                 self.scaler.step(opt)
                 self.scaler.update()
                 self.step += 1

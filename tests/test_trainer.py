@@ -73,3 +73,20 @@ def test_broken_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_path):
                            "--out", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert "checkpoint.pt is unreadable" in proc.stderr and "delete it" in proc.stderr
+
+
+def test_a_checkpoint_started_from_another_init_model_is_not_resumed(tmp_path):
+    """Re-running the row a run starts from makes the run's old checkpoint stale, even though the
+    run's own settings did not change."""
+    for seed in (0, 1):
+        Trainer(spec(seed=seed, train={"epochs": 1, "batch_size": 64, "lr": 0.05}), tmp_path / f"init{seed}",
+                log=lambda *_: None).run()
+    child = spec(method="finetune", init="parent")
+    Trainer(child, tmp_path / "child", init_path=tmp_path / "init0/model.pt", log=lambda *_: None).run()
+    lines = []
+    Trainer(child, tmp_path / "child", init_path=tmp_path / "init0/model.pt", log=lines.append).run()
+    assert any(line.startswith("resumed from") for line in lines)          # same init: resumes
+    lines.clear()
+    Trainer(child, tmp_path / "child", init_path=tmp_path / "init1/model.pt", log=lines.append).run()
+    assert not any(line.startswith("resumed from") for line in lines)
+    assert any("belongs to other settings" in line for line in lines)
