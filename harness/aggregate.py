@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 
 COLUMNS = ["scale", "paper", "row", "method", "pipeline", "model", "dataset", "level", "level_kind", "seed", "top1", "top5",
-           "best_top1", "sparsity", "bits", "compression", "size_bits", "structured_sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",
+           "best_top1", "sparsity", "bits", "compression", "size_bits", "size_budget_bits", "structured_sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",
            "throughput", "device", "published_top1", "published_sparsity", "published_flops",
-           "published_source", "budget", "init", "notes", "commit",
+           "published_source", "budget", "method_args", "init", "notes", "commit",
            # the rest of a row's `published:` entry, for harness/checks.py
            "published_top5", "published_nonzero_params", "published_compression", "published_tolerance"]
 
@@ -21,6 +21,7 @@ def rows_from_metrics(metrics):
                "model": spec["model"], "dataset": spec["dataset"], "level": p.get("level"),
                "level_kind": p.get("level_kind"), "bits": p.get("bits"), "compression": p.get("compression"),
                "size_bits": p.get("size_bits"),
+               "size_budget_bits": metrics.get("method_report", {}).get("bit_budget_total"),
                "seed": spec["seed"], "top1": p["top1"], "top5": p.get("top5"),
                "best_top1": train.get("best_top1") if p.get("level") is None else None,
                "sparsity": p["sparsity"], "structured_sparsity": p.get("structured_sparsity"),
@@ -30,7 +31,8 @@ def rows_from_metrics(metrics):
                "device": env.get("device"), "published_top1": pub.get("top1"),
                "published_sparsity": pub.get("sparsity"), "published_flops": pub.get("flops"),
                "published_source": pub.get("source"),
-               "budget": json.dumps(spec.get("budget") or {}, sort_keys=True), "init": spec.get("init"),
+               "budget": json.dumps(spec.get("budget") or {}, sort_keys=True),
+               "method_args": json.dumps(spec.get("method_args") or {}, sort_keys=True), "init": spec.get("init"),
                "notes": spec.get("notes"), "commit": env.get("commit"),
                **{f"published_{k}": pub.get(k) for k in ("top5", "nonzero_params", "compression", "tolerance")}}
 

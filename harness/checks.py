@@ -6,9 +6,10 @@ Three kinds of check (the `check` column), on each row's mean over its seeds:
   numbers describe the paper's setup, so only rows at the paper scale are comparable; at the other
   scales the line is `not comparable` and its reason quotes the scale's note.
 - `budget`: a pruning row reaches its `budget.sparsity` (every scale); a budget that sets more
-  (`layerwise`, ...) is not comparable.
+  (`layerwise`, ...) is not comparable. A row whose method has a bit budget (ADMM's nnz_budget x
+  bit_budget, `size_budget_bits`) stores at most that many bits (`size_bits`).
 - `dense`: a model's dense row is not worse than the best pruned row (any non-dense row with
-  sparsity > 0) of the same model, data, paper and scale by more than a noise margin (every scale):
+  sparsity > 0 or compression > 1) of the same model, data, paper and scale by more than a noise margin (every scale):
   a dense baseline that loses to pruning by a wide margin was trained too little or wrongly.
 
 Tolerances. A row's `published.tolerance`, else its table's `default_tolerance`, is one number T
@@ -82,8 +83,11 @@ def paper_settings(key, papers_dir="config/papers"):
 
 
 def is_pruned(rows):
-    """Rows with weights pruned: not DeepHoyer's regularized models before pruning, say."""
-    return (rows.method != "dense") & (rows.sparsity > 0)
+    """Rows with weights pruned or quantized: not DeepHoyer's regularized models before pruning, say."""
+    compressed = rows.sparsity > 0
+    if "compression" in rows:      # quantization only (ADMM --quant, LCS bit widths): fewer bits, no zeros
+        compressed |= rows.compression > 1.0 + 1e-9
+    return (rows.method != "dense") & compressed
 
 
 def seed_means(table):
@@ -91,7 +95,8 @@ def seed_means(table):
     if "compression" not in table:   # tables.csv from before the bits-aware column
         table = table.assign(compression=table.prunable_params / table.nonzero_params)
     first = ["method", "model", "dataset", "budget", "notes", *PUBLISHED, "published_tolerance"]
-    mean = ["top1", "top5", "sparsity", "nonzero_params", "flops", "compression"]
+    mean = ["top1", "top5", "sparsity", "nonzero_params", "flops", "compression",
+            *[c for c in ("size_bits", "size_budget_bits") if c in table]]
     return table.groupby(KEYS, dropna=False, sort=False).agg(
         seeds=("seed", lambda s: ",".join(map(str, sorted(s.unique())))),
         **{c: (c, "first") for c in first}, **{c: (c, "mean") for c in mean}).reset_index()
@@ -134,7 +139,18 @@ def budget_tolerance(method):
         return BUDGET_TOLERANCE
 
 
+def size_budget_lines(rows):
+    """Methods with a bit budget (ADMM): the stored size must not exceed it."""
+    if "size_budget_bits" not in rows:
+        return
+    for r in rows[rows.size_budget_bits.notna()].itertuples():
+        ok = r.size_bits <= r.size_budget_bits * (1 + 1e-9)
+        yield _line(r, "budget", "size_bits", r.size_budget_bits, r.size_bits, 0.0, PASS if ok else FAIL,
+                    "" if ok else "the stored size exceeds the bit budget (nnz_budget x bit_budget)")
+
+
 def budget_lines(rows):
+    yield from size_budget_lines(rows)
     for r in rows.itertuples():
         budget = json.loads(r.budget) if isinstance(r.budget, str) else {}
         target = budget.get("sparsity")

@@ -36,7 +36,8 @@ from harness.registry import Registry  # noqa: E402
 
 FIGURES = Registry("figure")
 AXIS_LABEL = {"top1": "top-1 accuracy (%)", "sparsity": "sparsity (logit scale)",
-              "flops": "FLOPs per input (multiply-accumulates, log scale)"}
+              "flops": "FLOPs per input (multiply-accumulates, log scale)",
+              "compression": "compression rate (32-bit dense size / stored size, log scale)"}
 SPARSITY_TICKS = [0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999]
 MAX_COLUMNS = 3
 GREY = "0.35"
@@ -96,8 +97,19 @@ def _published_points(rows, x):
     return pub[pub[x].notna()]
 
 
+def _published_x_only(rows, x):
+    """Rows whose paper publishes `x` (say, a compression rate) but no accuracy to plot it against."""
+    column = f"published_{x}"
+    if column not in rows:
+        return rows.iloc[:0]
+    return rows[rows[column].notna() & rows.published_top1.isna()].drop_duplicates("row")
+
+
 def _x_axis(ax, x, values):
-    if x == "flops":
+    if x == "compression":
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    elif x == "flops":
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # labelled ticks even within a decade
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
@@ -129,6 +141,8 @@ def tradeoff(ax, rows, x, hue, colors, style, markers):
         points = ax.collections[-1]
         points.set_edgecolors(points.get_facecolors())
         points.set_facecolors("none")
+    for r in _published_x_only(pruned, x).itertuples():   # a published x without an accuracy: a vertical line
+        ax.axvline(getattr(r, f"published_{x}"), color=colors.get(getattr(r, hue), GREY), ls=":", lw=1.6)
     for key, group in dense.groupby(hue, dropna=False):
         color = colors.get(key, DENSE_COLOR)
         ax.axhline(group.top1.mean(), color=color, ls="--", lw=1.4)
@@ -137,7 +151,7 @@ def tradeoff(ax, rows, x, hue, colors, style, markers):
     ax.set_ylabel(AXIS_LABEL["top1"])
 
 
-def legend_handles(rows, hue, colors, style, markers):
+def legend_handles(rows, hue, colors, style, markers, x="sparsity"):
     """A colour per hue level, a marker per style level (when they differ), then the measured /
     published / dense encodings that occur."""
     handles = [Line2D([], [], color=c, marker=markers.get(k) if hue == style else None, label=k)
@@ -147,6 +161,8 @@ def legend_handles(rows, hue, colors, style, markers):
     dense, published = rows.method == "dense", rows.published_top1.notna()
     encodings = [(True, dict(marker="o", ls="", label="measured")),
                  ((published & is_pruned(rows)).any(), dict(marker="o", mfc="none", mew=1.6, ls="", label="published")),
+                 (not _published_x_only(rows[is_pruned(rows)], x).empty,
+                  dict(ls=":", lw=1.6, label=f"published {x}, no accuracy published")),
                  (dense.any(), dict(ls="--", label="dense, measured")),
                  ((published & dense).any(), dict(ls=":", lw=1.6, label="dense, published"))]
     return handles + [Line2D([], [], color=GREY, **kw) for present, kw in encodings if present]
@@ -164,13 +180,13 @@ def per_model(rows, x, hue=None):
         part = rows[rows.model == model]
         tradeoff(ax, part, x, hue, colors, hue, markers)
         ax.set_title(f"{model} on {part.dataset.iloc[0]}", fontsize="medium")
-    handles = legend_handles(rows, hue, colors, hue, markers)
+    handles = legend_handles(rows, hue, colors, hue, markers, x)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2 * len(axes)), frameon=False)
     scale = rows.scale.iloc[0]
     note = "" if scale == COMPARABLE_SCALE else \
         f"\n({scale} scale; published numbers: the paper's setup)"
-    fig.suptitle(f"{rows.paper.iloc[0]}: top-1 accuracy against {'FLOPs' if x == 'flops' else x}{note}",
-                 fontsize="medium")
+    what = {"flops": "FLOPs", "compression": "compression rate"}.get(x, x)
+    fig.suptitle(f"{rows.paper.iloc[0]}: top-1 accuracy against {what}{note}", fontsize="medium")
     return fig
 
 

@@ -93,3 +93,22 @@ def hoyer_figures(rows, runs_root="results/runs"):
                    title="best row of each regularizer (sparsest within 1 point of its best top-1)")
         figs["layer-nonzero"] = fig
     return figs
+
+
+def admm_variant(row):
+    """ADMM's curves: joint, prune-only and quantize-only (method_args.mode), and finetuned chains."""
+    args = json.loads(row.method_args) if isinstance(row.method_args, str) else {}
+    if row.method == "finetune":
+        return "joint + finetune" if "admm" in str(row.pipeline) else "finetune"
+    if row.method == "admm":
+        return {"prune": "prune only", "quantize": "quantize only"}.get(args.get("mode"), "joint")
+    return row.method
+
+
+@register_figure("admm")
+def admm_figures(rows):
+    """Top-1 against the compression rate (log axis): joint sparsity-quantization against pruning
+    only and quantization only; the README's rates (no accuracy published) as dotted lines."""
+    rows = rows.assign(variant=[admm_variant(r) for r in rows.itertuples()])
+    return {"top1-compression": per_model(rows, "compression", hue="variant"),
+            "top1-sparsity": per_model(rows, "sparsity", hue="variant")}

@@ -202,6 +202,20 @@ def quantize_tensor(x, bits, zero_anchored=True):
     return assign(x, book, zero_anchored)[0], sse
 
 
+def refine_codebook(x, codebook, iters):
+    """`iters` Lloyd iterations on the nonzero entries of `x`, warm-started from `codebook` (the
+    reference finetune.py's periodic codebook refresh); a centroid left without values stays put."""
+    sv = SortedValues(x[x != 0], zero_anchored=False)
+    book = torch.sort(codebook.detach().double()).values
+    for _ in range(iters):
+        n, s, _ = sv.runs(book)
+        moved = torch.sort(torch.where(n > 0, s / n.clamp_min(1), book)).values
+        if torch.equal(moved, book):
+            break
+        book = moved
+    return book.to(codebook.dtype)
+
+
 def quantize_with_bits(tensors, bits, zero_anchored=True):
     """Each tensor quantized with a fresh codebook for its fixed bit width (`--fixedbits`, the
     frozen bits after `--bits_epoch`, and the reference's evaluation copy)."""

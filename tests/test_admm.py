@@ -488,3 +488,89 @@ def test_training_meets_the_budget_and_resumes_exactly(tmp_path):
 def test_prox_training_resumes_exactly(tmp_path):
     whole, resumed = train_then_resume(run_spec(prox=True), tmp_path)
     same_run(whole, resumed)
+
+
+# -- finetune.py's role: fixed sparsity pattern and bits, codebook-quantized forward -----------------
+from methods.finetune import Codebook, bits_in_use          # noqa: E402
+from methods.quantize import refine_codebook                # noqa: E402
+from harness.metrics import layer_sparsity, model_size      # noqa: E402
+
+FINETUNE = get_method("finetune")
+
+
+def quantized_sparse_linear():
+    """A 2x4 layer on the codebook {-0.5, 0.25, 1, 2} (2 bits) with three zeros."""
+    layer = torch.nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.25, 0.0, 1.0, -0.5], [0.0, 2.0, 0.0, 0.25]]))
+    return torch.nn.Sequential(layer)
+
+
+def test_refine_codebook_moves_each_centroid_to_its_values_mean():
+    x = torch.tensor([0.0, 1.0, 1.2, 3.0, 3.4, 0.0])
+    book = refine_codebook(x, torch.tensor([1.0, 3.0]), iters=1)
+    assert torch.allclose(book, torch.tensor([1.1, 3.2]))      # zeros take no part
+    assert torch.allclose(refine_codebook(x, torch.tensor([0.0, 2.0]), iters=5), torch.tensor([1.1, 3.2]))
+    assert torch.equal(refine_codebook(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 5.0]), 3),
+                       torch.tensor([1.0, 5.0]))               # an empty centroid stays put
+
+
+def test_quantized_finetune_starts_where_the_compressed_model_is_and_keeps_pattern_and_bits():
+    model = quantized_sparse_linear()
+    start = model[0].weight.detach().clone()
+    method = FINETUNE(FINETUNE.Args(quantize=True, biases=False))
+    method.build(model)
+    assert method.bits == [2] and bits_in_use(start) == 2
+    assert torch.equal(model[0].weight, start)                 # the codebook is the model's own values
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    for i in range(1, 5):
+        opt.zero_grad()
+        model(x).pow(2).sum().backward()
+        opt.step()
+        method.on_step(model, step(0, i, 4))
+    method.finalize(model)
+    w = model[0].weight.detach()
+    assert torch.equal(w == 0, start == 0)                     # the sparsity pattern is fixed
+    assert torch.unique(w[w != 0]).numel() <= 4                # still 2 bits' worth of values
+    assert not torch.equal(w, start)                           # and it did train
+    layers = layer_sparsity(model)
+    assert method.storage(model, layers) == [(2, 5)]
+    assert model_size(layers, method.storage(model, layers))["compression"] == 32 * 8 / 10
+
+
+def test_codebook_forward_is_nearest_value_with_a_straight_through_gradient():
+    w = torch.tensor([0.0, 0.2, 0.7, -1.0, 1.6], requires_grad=True)
+    q = Codebook(torch.tensor([-1.0, 0.5, 1.5]))(w)
+    assert torch.equal(q.detach(), torch.tensor([0.0, 0.5, 0.5, -1.0, 1.5]))   # zeros stay zero
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones(5))
+
+
+def test_a_saved_quantized_finetune_loads_into_a_freshly_built_one():
+    model = quantized_sparse_linear()
+    method = FINETUNE(FINETUNE.Args(quantize=True, biases=False))
+    method.build(model)
+    other = FINETUNE(FINETUNE.Args(quantize=True, biases=False))
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 2, bias=False))   # random: other mask, codebook size
+    other.build(fresh)
+    fresh.load_state_dict(model.state_dict())
+    other.load_state_dict(method.state_dict())
+    assert torch.equal(fresh[0].weight, model[0].weight) and other.bits == [2]
+
+
+def test_weightbits_must_name_every_layer():
+    with pytest.raises(ValueError, match="one bit width per layer"):
+        FINETUNE(FINETUNE.Args(quantize=True, weightbits=[3])).build(tiny_model())
+
+
+def test_storage_of_each_admm_mode():
+    for mode, budget in [("joint", {"nnz_budget": 0.1, "bit_budget": 3}), ("prune", {"nnz_budget": 0.1}),
+                         ("quantize", {"bit_budget": 3})]:
+        model, method = admm(tiny_model(), budget, mode=mode)
+        method.finalize(model)
+        layers = layer_sparsity(model)
+        size = model_size(layers, method.storage(model, layers))
+        report = method.report(model)
+        assert size["compression"] == pytest.approx(report["compression_rate"])
+        assert size["size_bits"] <= report["bit_budget_total"]

@@ -198,3 +198,10 @@ def test_rules_build_checks_figures_and_the_report_then_fail_on_a_missed_budget(
     assert proc.returncode != 0
     log = (workdir / "results/logs/checks.log").read_text()
     assert "lenet5-caffe-gmp-0.9" in log and "error: 1 check(s) failed" in log
+
+
+def test_a_bit_budget_holds_or_fails():
+    table = results_table(scale="laptop").assign(size_bits=[32000, 900], size_budget_bits=[None, 1000])
+    assert status(run_checks(table), "budget", "lenet300-100-gmp-0.9", "size_bits")[0] == PASS
+    table.loc[1, "size_bits"] = 1001
+    assert status(run_checks(table), "budget", "lenet300-100-gmp-0.9", "size_bits")[0] == FAIL

@@ -73,3 +73,18 @@ def test_one_method_ending_several_pipelines_draws_a_curve_per_pipeline():
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["dense>hoyer>finetune", "dense>l1>finetune", "measured", "dense, measured", "dense, published"]
     assert fig.axes[0].get_xscale() == "logit"
+
+
+def test_admm_draws_compression_with_quantize_only_rows_and_published_rates():
+    rows = results_table("paper", paper="admm").assign(compression=[1.0, 10.0], method_args="{}", pipeline="x")
+    quant = rows.iloc[[1]].assign(row="q", sparsity=0.0, compression=10.7, method="admm", published_top1=None,
+                                  method_args='{"mode": "quantize"}', published_compression=None)
+    joint = rows.iloc[[1]].assign(row="j", method="admm", published_top1=None, published_compression=2000.0,
+                                  compression=1975.0)
+    figs = fig_module.FIGURES.get("admm")(pd.concat([rows.iloc[[0]], quant, joint], ignore_index=True))
+    ax = figs["top1-compression"].axes[0]
+    assert ax.get_xscale() == "log"
+    vertical = [l for l in ax.lines if l.get_linestyle() == ":" and l.get_xdata()[0] == l.get_xdata()[1]]
+    assert [l.get_xdata()[0] for l in vertical] == [2000.0]          # the published rate
+    labels = [t.get_text() for t in figs["top1-compression"].legends[0].get_texts()]
+    assert "quantize only" in labels and "joint" in labels and "published compression, no accuracy published" in labels

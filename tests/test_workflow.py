@@ -62,3 +62,15 @@ def test_smoke_runs_every_row_of_the_str_and_deephoyer_tables(workdir):
     budget = lambda row: pd.read_csv(workdir / f"results/runs/smoke/str/{row}/seed0/budget.csv")  # noqa: E731
     source, target = budget("str-0.02"), budget("dnw-transfer")
     assert (source["Sparsity (%)"] - target["Sparsity (%)"]).abs().max() < 0.5   # int(rate * n) rounding
+
+
+def test_smoke_runs_the_admm_table_with_its_finetune_stage(workdir):
+    """Joint compression under its bit budget, finetuning with pattern and bits fixed, quantize-only."""
+    snakemake(workdir, "results/tables.csv", "--config", "scale=smoke", "papers=[admm]")
+    rows = pd.read_csv(workdir / "results" / "tables.csv").set_index("row")
+    joint, tuned = rows.loc["lenet5-2000x"], rows.loc["lenet5-1975x-finetune"]
+    assert joint.size_bits <= joint.size_budget_bits and joint.compression >= 1975.05
+    assert tuned.pipeline == "dense>admm>finetune" and tuned.nonzero_params == joint.nonzero_params
+    assert tuned.compression >= joint.compression            # bits kept (or fewer values in use)
+    quant = rows.loc[["lenet5-quantize-2bit", "lenet5-quantize-3bit", "lenet5-quantize-4bit"]]
+    assert (quant.sparsity == 0).all() and (quant.bits <= [2, 3, 4]).all() and (quant.compression >= [16, 32 / 3, 8]).all()
