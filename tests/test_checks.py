@@ -1,6 +1,7 @@
 """Regression checks, comparison of result sets, and the checks / figures / report rules, on tables
 and metrics.json files made up here: no training."""
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -175,7 +176,7 @@ def fake_metrics(workdir, scale="smoke", sparsity_of=lambda spec: spec.budget.ge
 
 def test_rules_build_checks_figures_and_the_report_then_fail_on_a_missed_budget(workdir):
     config = workdir / "config/config.yaml"
-    config.write_text(config.read_text().replace("papers: [gmp, hoyer, str]", "papers: [gmp]"))
+    config.write_text(re.sub(r"(?m)^papers: \[.*?\]", "papers: [gmp]", config.read_text()))
     fake_metrics(workdir)
     # only the rules after evaluation: the made-up metrics.json files stand in for training
     only = ["--config", "scale=smoke", "--allowed-rules", *AFTER_EVALUATION]
