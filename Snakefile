@@ -9,9 +9,10 @@ include: "rules/train.smk"
 include: "rules/aggregate.smk"
 include: "rules/checks.smk"
 include: "rules/figures.smk"
+include: "rules/leaderboard.smk"
 
 # seconds of pandas and plotting: not worth a cluster job each
-localrules: aggregate, checks, paper_figures, overview_figure
+localrules: aggregate, checks, paper_figures, overview_figure, leaderboard
 
 
 rule all:
@@ -20,3 +21,4 @@ rule all:
         "results/tables.csv",
         "results/checks.csv",
         FIGURES,
+        LEADERBOARD,

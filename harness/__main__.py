@@ -7,6 +7,7 @@
   checks    --table tables.csv --out checks.csv [--scale S]   regression checks; exit 1 if one fails
   compare   RESULTS_A RESULTS_B [--tolerance T]       what changed between two result sets
   figures   --table tables.csv --scale S --out DIR [--only PAPER|overview]
+  leaderboard --table tables.csv --out leaderboard.csv [--scale S]   every method at the same targets
 """
 import argparse
 import sys
@@ -52,6 +53,11 @@ def main(argv=None):
     f.add_argument("--out", required=True, help="folder, e.g. results/figures/<scale>")
     f.add_argument("--only", help="one paper, or 'overview' (default: all)")
     f.add_argument("--papers-dir", default="config/papers", help="where the papers' titles are read")
+    b = sub.add_parser("leaderboard")
+    b.add_argument("--table", default="results/tables.csv")
+    b.add_argument("--out", default="results/leaderboard.csv")
+    b.add_argument("--scale", help="print this scale's summary (the csv has every scale)")
+    b.add_argument("--papers-dir", default="config/papers", help="where leaderboard.yaml is read")
     args = ap.parse_args(argv)
 
     from harness.errors import HarnessError
@@ -103,6 +109,9 @@ def _dispatch(args):
         titles = paper_settings("title", args.papers_dir)
         for png in figures(read_results(args.table), args.scale, args.out, args.only, titles):
             print(png)
+    elif args.cmd == "leaderboard":
+        from harness.leaderboard import summary, write_leaderboard
+        print(summary(write_leaderboard(args.table, args.out, args.papers_dir), args.scale))
     return 0
 
 

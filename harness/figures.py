@@ -37,7 +37,8 @@ from harness.registry import Registry  # noqa: E402
 FIGURES = Registry("figure")
 AXIS_LABEL = {"top1": "top-1 accuracy (%)", "sparsity": "sparsity (logit scale)",
               "flops": "FLOPs per input (multiply-accumulates, log scale)",
-              "compression": "compression rate (32-bit dense size / stored size, log scale)"}
+              "compression": "compression rate (32-bit dense size / stored size, log scale)",
+              "size_bits": "stored size of the conv/linear weights (bits, log scale)"}
 SPARSITY_TICKS = [0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999]
 MAX_COLUMNS = 3
 GREY = "0.35"
@@ -93,7 +94,7 @@ def _published_points(rows, x):
         budget = pub.budget.map(lambda b: json.loads(b).get("sparsity") if isinstance(b, str) else None)
         pub = pub.assign(sparsity=pub.published_sparsity.fillna(pd.to_numeric(budget, errors="coerce")))
     else:
-        pub = pub.assign(**{x: pub[f"published_{x}"]})
+        pub = pub.assign(**{x: pub[f"published_{x}"] if f"published_{x}" in pub else np.nan})  # e.g. size: never published
     return pub[pub[x].notna()]
 
 
@@ -109,7 +110,7 @@ def _x_axis(ax, x, values):
     if x == "compression":
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    elif x == "flops":
+    elif x in ("flops", "size_bits"):
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # labelled ticks even within a decade
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
@@ -185,7 +186,7 @@ def per_model(rows, x, hue=None):
     scale = rows.scale.iloc[0]
     note = "" if scale == COMPARABLE_SCALE else \
         f"\n({scale} scale; published numbers: the paper's setup)"
-    what = {"flops": "FLOPs", "compression": "compression rate"}.get(x, x)
+    what = {"flops": "FLOPs", "compression": "compression rate", "size_bits": "model size"}.get(x, x)
     fig.suptitle(f"{rows.paper.iloc[0]}: top-1 accuracy against {what}{note}", fontsize="medium")
     return fig
 

@@ -1,10 +1,12 @@
 """The figures particular to one paper, registered with harness.figures' registry. Shared drawing
 (style, panels, measured vs published points) lives in harness/figures.py."""
 import json
+import textwrap
 from pathlib import Path
 
 import pandas as pd
 import seaborn as sns
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from harness.figures import panels, per_model, register_figure
@@ -112,3 +114,51 @@ def admm_figures(rows):
     rows = rows.assign(variant=[admm_variant(r) for r in rows.itertuples()])
     return {"top1-compression": per_model(rows, "compression", hue="variant"),
             "top1-sparsity": per_model(rows, "sparsity", hue="variant")}
+
+
+@register_figure("leaderboard")
+def leaderboard_figures(rows, settings_path="config/papers/leaderboard.yaml"):
+    """Pareto views of every method on one set of axes per model: top-1 against sparsity and FLOPs
+    (the pruning methods), against stored size in bits (all of them); then each method's accuracy
+    at the targets, where missed targets are listed, not drawn."""
+    from harness.leaderboard import final_points, kind_of, leaderboard, settings
+    points = final_points(rows)
+    kinds = {s: kind_of(p) for s, p in points.groupby("series")}
+    pruning = points[points.series.map(lambda s: kinds[s] in (None, "sparsity"))]
+    figs = {"top1-sparsity": per_model(pruning, "sparsity", hue="series"),
+            "top1-flops": per_model(pruning, "flops", hue="series"),
+            "top1-size": per_model(points, "size_bits", hue="series")}
+    targets, tolerance = settings(settings_path)
+    board = leaderboard(rows, targets, tolerance)
+    figs["top1-at-targets"] = at_targets(board[board.target_kind != "dense"])
+    return figs
+
+
+def at_targets(board):
+    """One panel per model: each method's top-1 (mean, bars: std over seeds) at each target,
+    interpolated values hollow; missed targets are named under the panel, never drawn."""
+    from harness.figures import palette
+    models = sorted(board.model.unique())
+    order = sorted(board.series.unique())
+    colors = palette(order)
+    fig, axes = panels(len(models), 6.5, 4.5)
+    for ax, model in zip(axes, models):
+        part = board[board.model == model].sort_values(["target_kind", "target"])
+        labels = list(dict.fromkeys(f"{r.target_kind} {r.target:g}" for r in part.itertuples()))
+        width = 0.8 / max(1, len(order))
+        for r in part[part.how != "missed"].itertuples():
+            x = labels.index(f"{r.target_kind} {r.target:g}") - 0.4 + width * (order.index(r.series) + 0.5)
+            ax.errorbar(x, r.top1_mean, yerr=r.top1_std, color=colors[r.series], marker="o", capsize=2,
+                        mfc="none" if r.how == "interpolated" else colors[r.series])
+        ax.set_xticks(range(len(labels)), labels)
+        missed = part[part.how == "missed"]
+        note = "; ".join(f"{r.series} @ {r.target_kind} {r.target:g}" for r in missed.itertuples())
+        ax.set_xlabel(textwrap.fill("missed: " + note, 70) if note else "target")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(f"{model} on {part.dataset.iloc[0]}", fontsize="medium")
+    handles = [Line2D([], [], color=colors[s], marker="o", label=s) for s in order]
+    handles.append(Line2D([], [], color="0.35", marker="o", mfc="none", ls="", label="interpolated (estimate)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), frameon=False)
+    fig.suptitle(f"leaderboard, {board.scale.iloc[0]} scale: every method at the same targets "
+                 f"(bars: std over seeds)", fontsize="medium")
+    return fig

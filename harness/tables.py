@@ -228,6 +228,7 @@ class PaperTable:
     def specs(self, scale, seeds, data_dir="data/downloads", device="auto"):
         """Every row of this table that exists at `scale`, as one RunSpec per seed."""
         scale_doc = self.doc["scales"][scale]
+        seeds = scale_doc.get("seeds", seeds)    # a table's own repeats (the leaderboard's) replace the config's
         out = []
         names = {name for name, row, _ in self.rows(scale) if not row.get("at_scales") or scale in row["at_scales"]}
         for name, row, written in self.rows(scale):
@@ -269,6 +270,7 @@ class PaperTable:
         check_budget(method_cls, budget)
         train = check_dataclass_args(TrainConfig, merged.get("train"), "train")
         method_args = check_dataclass_args(method_cls.Args, merged.get("method_args"), "method_args")
+        method_cls.Args(**method_args)   # the Args' own checks of option combinations (e.g. LCS's)
         if merged.get("init") == "pretrain" and self.doc.get("pretrain") is None:
             raise ValueError("init: pretrain needs a `pretrain:` section in this paper table")
         notes = "; ".join(filter(None, [scale_doc.get("note"), row.get("notes")]))
