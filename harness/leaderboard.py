@@ -26,9 +26,10 @@ from harness.checks import read_results
 PAPER = "leaderboard"
 AXIS = {"sparsity": "sparsity", "bits": "bits_per_weight"}
 DEFAULT_TOLERANCE = {"sparsity": 0.005, "bits": 0.1}
-VALUES = ["top1", "flops", "compression", "size_bits"]
+VALUES = ["top1", "flops", "speedup", "compression", "size_bits"]
 COLUMNS = ["scale", "model", "dataset", "target_kind", "target", "rank", "series", "how", "seeds",
-           "top1_mean", "top1_std", "achieved_mean", "flops_mean", "compression_mean", "size_bits_mean",
+           "top1_mean", "top1_std", "achieved_mean", "flops_mean", "speedup_mean", "compression_mean",
+           "size_bits_mean",
            "rows", "reason"]
 
 
@@ -56,7 +57,8 @@ def final_points(table):
     stages = {(r.scale, r.init, r.seed) for r in rows.itertuples() if isinstance(r.init, str)}
     final = rows[[(r.scale, r.row, r.seed) not in stages for r in rows.itertuples()]]
     return final.assign(series=[series_name(r) for r in final.itertuples()],
-                        bits_per_weight=final.size_bits / final.prunable_params)
+                        bits_per_weight=final.size_bits / final.prunable_params,
+                        speedup=final.dense_flops / final.flops)       # theoretical: dense / sparse MACs
 
 
 def kind_of(points):
@@ -93,7 +95,8 @@ def entries(points, targets, tolerance):
             top1 = part.groupby("seed").top1.mean()
             yield {**where, "target_kind": "dense", "target": np.nan, "how": "measured", "seeds": len(top1),
                    "top1_mean": top1.mean(), "top1_std": top1.std(ddof=1) if len(top1) > 1 else 0.0,
-                   "achieved_mean": 0.0, "flops_mean": part.flops.mean(), "compression_mean": 1.0,
+                   "achieved_mean": 0.0, "flops_mean": part.flops.mean(), "speedup_mean": 1.0,
+                   "compression_mean": 1.0,
                    "size_bits_mean": part.size_bits.mean(), "rows": ";".join(sorted(part.row.unique())),
                    "reason": ""}
             continue
@@ -114,6 +117,7 @@ def combine(per_seed):
     return {"how": how, "seeds": len(per_seed), "top1_mean": values.top1.mean(),
             "top1_std": values.top1.std(ddof=1) if len(values) > 1 else 0.0,
             "achieved_mean": values.achieved.mean(), "flops_mean": values.flops.mean(),
+            "speedup_mean": values.speedup.mean(),
             "compression_mean": values.compression.mean(), "size_bits_mean": values.size_bits.mean(),
             "rows": ";".join(rows), "reason": ""}
 

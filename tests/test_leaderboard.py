@@ -114,7 +114,7 @@ def line(board, series, kind, target):
 def test_measured_interpolated_and_missed_targets():
     board = leaderboard(table(), TARGETS, TOLERANCE)
     gmp = line(board, "gmp", "sparsity", 0.9)
-    assert gmp.how == "measured" and gmp.top1_mean == 88.5 and gmp.top1_std == pytest.approx(np.std([88, 89], ddof=1))
+    assert gmp.how == "measured" and gmp.top1_mean == 88.5 and gmp.speedup_mean == pytest.approx(10) and gmp.top1_std == pytest.approx(np.std([88, 89], ddof=1))
     str_ = line(board, "str", "sparsity", 0.9)                   # 0.88 -> 87, 0.93 -> 84: 0.4 of the way
     assert str_.how == "interpolated" and str_.top1_mean == pytest.approx(87 - 0.4 * 3 + 0.5)
     assert str_.rows == "str-a;str-b" and str_.achieved_mean == 0.9
