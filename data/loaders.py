@@ -2,7 +2,13 @@
 
 TensorLoader holds a small data set as one normalised tensor on the device and does augmentation
 on whole batches, so the training loop runs no per-sample Python. FolderLoader wraps torchvision's
-ImageFolder + DataLoader for data sets too big for memory (ImageNet)."""
+ImageFolder + DataLoader for data sets too big for memory (ImageNet).
+
+Under DistributedDataParallel (`shard(rank, world)`) every rank draws the same permutation of the
+training set (and, for TensorLoader, the same augmentation) for each global batch of `batch_size`
+and keeps its contiguous slice (sizes differ by at most one): the ranks together see exactly the
+batches of a single process. A last batch with fewer samples than ranks is left out. Test loaders
+are not sharded (rank 0 evaluates)."""
 import math
 
 import torch
@@ -13,23 +19,50 @@ def _epoch_generator(seed, epoch):
     return torch.Generator().manual_seed(1_000_003 * seed + epoch)
 
 
-def random_crop_flip(x, pad_value, generator, pad=4):
-    """Random `pad`-pixel translation (crop of a zero-padded image) and horizontal flip per sample."""
+def shard_bounds(size, rank, world):
+    """[lo, hi) of part `rank` of `world` of a batch of `size` samples (as torch.tensor_split)."""
+    q, rem = divmod(size, world)
+    lo = rank * q + min(rank, rem)
+    return lo, lo + q + (rank < rem)
+
+
+class Sharded:
+    """Which part of every training batch this process trains on (rank, world) and the batch plan."""
+    rank, world = 0, 1
+
+    def shard(self, rank, world):
+        self.rank, self.world = rank, world
+
+    def __len__(self):
+        """Optimizer steps per epoch (the same on every rank)."""
+        n, b = self.num_samples, self.batch_size
+        steps = math.ceil(n / b)
+        return steps - 1 if self.train and 0 < n % b < self.world else steps
+
+    def global_size(self, step):
+        """Samples of the whole (all ranks') batch `step`: a rank's loss is weighted by its share."""
+        return min(self.batch_size, self.num_samples - step * self.batch_size)
+
+
+def random_crop_flip(x, pad_value, generator, pad=4, part=None):
+    """Random `pad`-pixel translation (crop of a zero-padded image) and horizontal flip per sample.
+    `part=(size, lo, hi)`: x is samples lo:hi of a batch of `size`; the draws are the whole batch's."""
     b, c, h, w = x.shape
+    size, lo, hi = part or (b, 0, b)
     padded = pad_value.view(1, c, 1, 1).expand(b, c, h + 2 * pad, w + 2 * pad).clone()
     padded[:, :, pad:pad + h, pad:pad + w] = x
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    dy = torch.randint(0, 2 * pad + 1, (size,), generator=generator)[lo:hi].to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (size,), generator=generator)[lo:hi].to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
     out = padded[batch, chan, rows, cols]
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    flip = (torch.rand(size, generator=generator)[lo:hi] < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
-class TensorLoader:
+class TensorLoader(Sharded):
     def __init__(self, x, y, info, batch_size, device, seed=0, train=True):
         x = torch.as_tensor(x)
         if x.dim() == 3:
@@ -47,9 +80,6 @@ class TensorLoader:
     def set_epoch(self, epoch):
         self.epoch = epoch
 
-    def __len__(self):
-        return math.ceil(len(self.y) / self.batch_size)
-
     @property
     def num_samples(self):
         return len(self.y)
@@ -64,13 +94,18 @@ class TensorLoader:
         order = torch.randperm(n, generator=g).to(self.x.device)
         for i in range(0, n, self.batch_size):
             idx = order[i:i + self.batch_size]
+            size = len(idx)
+            if size < self.world:
+                break
+            lo, hi = shard_bounds(size, self.rank, self.world)
+            idx = idx[lo:hi]
             xb, yb = self.x[idx], self.y[idx]
             if self.info.augment == "crop_flip":
-                xb = random_crop_flip(xb, self.pad_value, g)
+                xb = random_crop_flip(xb, self.pad_value, g, part=(size, lo, hi))
             yield xb, yb
 
 
-class FolderLoader:
+class FolderLoader(Sharded):
     """ImageNet-style folders through torchvision transforms and a multi-worker DataLoader."""
 
     def __init__(self, folder, info, batch_size, device, seed, train, workers):
@@ -87,17 +122,22 @@ class FolderLoader:
     def set_epoch(self, epoch):
         self.epoch = epoch
 
-    def __len__(self):
-        return math.ceil(len(self.dataset) / self.batch_size)
-
     @property
     def num_samples(self):
         return len(self.dataset)
 
     def __iter__(self):
+        n, b = len(self.dataset), self.batch_size
+        if self.train:  # the same permutation on every rank; each keeps its slice of every batch
+            order = torch.randperm(n, generator=_epoch_generator(self.seed, self.epoch))
+            batches = [batch[slice(*shard_bounds(len(batch), self.rank, self.world))].tolist()
+                       for batch in order.split(b) if len(batch) >= self.world]
+        else:
+            batches = [list(range(i, min(i + b, n))) for i in range(0, n, b)]
+        # the workers' random crops and flips: seeded per (seed, epoch, rank)
+        workers_seed = torch.Generator().manual_seed(1_000_003 * (1_000_003 * self.seed + self.epoch) + self.rank)
         loader = torch.utils.data.DataLoader(
-            self.dataset, self.batch_size, shuffle=self.train, num_workers=self.workers,
-            generator=_epoch_generator(self.seed, self.epoch), pin_memory=self.device.type == "cuda",
-            persistent_workers=False)
+            self.dataset, batch_sampler=batches, num_workers=self.workers, generator=workers_seed,
+            pin_memory=self.device.type == "cuda", persistent_workers=False)
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -1,12 +1,42 @@
-"""Resources a run asks its scheduler for (GPUs, memory, time), derived from its spec so that a
-SLURM profile can place each job without per-rule settings."""
+"""Resources a run asks its scheduler for (GPUs, cores, memory, time), derived from its spec so that
+a SLURM profile can place each job without per-rule settings, and how its training is launched."""
 
 BIG_DATA = {"imagenet"}
+LOADER_WORKERS = 4      # data-loading worker processes per training process for BIG_DATA (FolderLoader)
 
 
 def gpus(spec):
     """Paper-scale rows ask for their `train.gpus` (default 1); laptop and smoke rows for none."""
     return spec.train.get("gpus", 1) if spec.scale == "paper" else 0
+
+
+def processes(spec, gpus_granted=None):
+    """Training processes (DDP ranks) of a run: `train.processes` where set (a row, or a test, that
+    trains on CPU with gloo), else one per GPU the job gets: `gpus_granted` (the rule's `gpu`
+    resource, so `--set-resources train:gpu=2` runs a 4-GPU row on 2) or the row's request."""
+    n = spec.train.get("processes", 0)
+    if n:
+        return n
+    return max(1, gpus(spec) if gpus_granted is None else gpus_granted)
+
+
+def cpus_per_task(spec, threads=1, nproc=None):
+    """Cores per job of `nproc` processes (default: the run's training processes): for BIG_DATA
+    one per process plus its LOADER_WORKERS (5 per GPU); data held on the device needs one core per
+    process; never fewer than the rule's threads."""
+    n = processes(spec) if nproc is None else nproc
+    return max(threads, n * (1 + LOADER_WORKERS) if spec.dataset in BIG_DATA else n)
+
+
+def launcher(python, nproc):
+    """The command that runs `-m harness ...` with `nproc` processes. Several: under torchrun
+    (`python -m torch.distributed.run` is torchrun's own entry point, and names the interpreter so
+    that the venv's torch runs on compute nodes whose PATH lacks .venv/bin). `--standalone` starts
+    a rendezvous on a free local port, so jobs sharing a node do not collide; torchrun sets RANK,
+    LOCAL_RANK and WORLD_SIZE, from which the trainer sets up DistributedDataParallel. One: plain."""
+    if nproc <= 1:
+        return f"{python} -m harness"
+    return f"{python} -m torch.distributed.run --standalone --nproc_per_node={nproc} -m harness"
 
 
 def mem_mb(spec):

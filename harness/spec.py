@@ -29,7 +29,9 @@ class TrainConfig:
     amp: bool = True                  # mixed precision where CUDA is used; ignored on CPU
     eval_every: int = 1               # test accuracy every N epochs (0: only at the end)
     eval_batch_size: int = 0          # 0: the loader's default
-    gpus: int = 1                     # GPUs one run asks its scheduler for and splits batches over
+    gpus: int = 1                     # GPUs one run asks its scheduler for (paper scale); one DDP process each
+    processes: int = 0                # DDP processes (torchrun); 0: one per GPU the job gets. Set >1 on a
+                                      # machine without CUDA to train on CPU with gloo (tests)
 
 
 def dataclass_keys(cls):

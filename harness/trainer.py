@@ -2,8 +2,21 @@
 the trainer owns data, optimisation, mixed precision, checkpoints and resume, and progress output.
 
 A run folder holds spec.json, checkpoint.pt (rolling, every epoch, written atomically), train.json
-(the per-epoch history) and model.pt (the trained model with its method's state)."""
+(the per-epoch history) and model.pt (the trained model with its method's state).
 
+Several GPUs: the train rule starts one process per GPU under torchrun (harness/scheduling.py:
+launcher), which sets RANK, LOCAL_RANK and WORLD_SIZE; each process trains on cuda:LOCAL_RANK (NCCL;
+on a machine without CUDA, the CPU with gloo) with DistributedDataParallel, which averages the
+gradients. Every rank takes its slice of the same global batch (data/loaders.py), so the global
+batch stays train.batch_size; method hooks run on every rank on the unwrapped model, see the same
+weights and must act alike (checked by digest every epoch); every rank draws the same random
+numbers (a level LCS samples per batch is the whole batch's; dropout masks repeat across ranks). Rank 0 alone logs, evaluates the test set
+(all of it, as one process would; the others wait) and writes checkpoint.pt, train.json and model.pt;
+every rank resumes from checkpoint.pt. train.json keeps its format: its losses, accuracies and
+samples/s are the whole batch's, summed over ranks."""
+
+import datetime
+import hashlib
 import os
 import random
 from dataclasses import asdict
@@ -14,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 import data
@@ -56,12 +70,49 @@ def build_model(spec: RunSpec, info, device, init_state=None, budget_file=None):
     return model, method
 
 
-def data_parallel(model, gpus, device):
-    """Rows that ask for several GPUs (ImageNet) split each batch over those present; hooks,
+def distributed_env():
+    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) for a single process."""
+    return tuple(int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+
+
+def rank_device(name, local_rank, world):
+    """A DDP process's device: cuda:LOCAL_RANK where CUDA is used, else the CPU (gloo)."""
+    device = select_device(name)
+    if device.type != "cuda":
+        return device
+    if local_rank >= torch.cuda.device_count():
+        raise HarnessError(f"this run trains with {world} processes, one per GPU, but {torch.cuda.device_count()} "
+                           f"GPU(s) are visible; give the job {world} GPUs, or fewer processes with "
+                           f"--set-resources train:gpu=N (the global batch stays train.batch_size)")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def start_distributed(device):
+    """The process group of one run: NCCL between GPUs, gloo on the CPU. The timeout leaves time
+    for rank 0 to evaluate and write a checkpoint while the others wait."""
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=60))
+
+
+def distributed(model, device, world):
+    """DistributedDataParallel for several processes (it averages gradients in backward); hooks,
     metrics and checkpoints keep using the unwrapped model."""
-    if device.type == "cuda" and gpus > 1 and torch.cuda.device_count() > 1:
-        return torch.nn.DataParallel(model, device_ids=list(range(min(gpus, torch.cuda.device_count()))))
-    return model
+    if world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def state_digest(state):
+    """sha256 of a model's state_dict (parameters and buffers, masks included): every DDP rank's is
+    the same."""
+    h = hashlib.sha256()
+    for k, v in state.items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def uses_conv(model):
@@ -123,10 +174,17 @@ class Trainer:
                                      *(io.file_digest(p) for p in (init_path, budget_file) if p)])
         if threads:
             torch.set_num_threads(threads)
-        self.device = select_device(spec.device)
+        self.rank, self.world, local_rank = distributed_env()
+        if self.world > 1:
+            self.device = rank_device(spec.device, local_rank, self.world)
+            start_distributed(self.device)
+            self.log = log if self.rank == 0 else (lambda *_: None)
+        else:
+            self.device = select_device(spec.device)
         seed_everything(spec.seed, self.device)
         self.train_loader, self.test_loader, self.info = loaders_for(
             spec, self.device, self.cfg.batch_size, self.cfg.eval_batch_size)
+        self.train_loader.shard(self.rank, self.world)
         init_state = finalized_state(init_path, self.info) if init_path else None
         if spec.budget.get("transfer") and budget_file is None:
             raise HarnessError(f"budget transfer from row {spec.budget['transfer']!r} needs that run's budget.csv "
@@ -141,7 +199,7 @@ class Trainer:
         self.autocast = (lambda: torch.autocast("cuda", self.amp_dtype)) if amp else nullcontext
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.amp_dtype == torch.float16)
         self.channels_last = uses_conv(self.model)
-        self.forward_model = data_parallel(self.model, self.cfg.gpus, self.device)
+        self.forward_model = distributed(self.model, self.device, self.world)
         self.epoch, self.step, self.wall_s, self.history = 0, 0, 0.0, []
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -150,6 +208,8 @@ class Trainer:
         return self.out / "checkpoint.pt"
 
     def save_checkpoint(self):
+        if self.rank != 0:
+            return
         io.save_torch({"fingerprint": self.fingerprint, "epoch": self.epoch,
                        "step": self.step, "wall_s": self.wall_s, "history": self.history,
                        "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -194,12 +254,16 @@ class Trainer:
                     g["lr"] = lr
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with self.autocast():
-                    out = self.forward_model(x)
-                    loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-                    loss = method.loss(model, out, loss)
                 opt.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
+                loss = out = None
+                for level in method.forward_levels(model, self.progress()):  # one pass unless the method asks for more
+                    with level, self.autocast():
+                        pass_out = self.forward_model(x)
+                        pass_loss = F.cross_entropy(pass_out.float(), y, label_smoothing=cfg.label_smoothing)
+                        pass_loss = method.loss(model, pass_out, pass_loss)
+                    self.scaler.scale(self.rank_weighted(pass_loss, i, len(y))).backward()
+                    loss = pass_loss.detach() if loss is None else loss + pass_loss.detach()
+                    out = pass_out.detach() if out is None else out   # train_acc: the first pass
                 if cfg.grad_clip > 0:
                     self.scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, cfg.grad_clip_norm)
@@ -216,9 +280,52 @@ class Trainer:
                     bar.update(1)
         if bar:
             bar.close()
+        if self.world > 1:  # the whole batch's figures: summed over ranks
+            loss_sum, correct, samples = self.summed(loss_sum, correct, timer.samples)
+            timer.samples = int(samples)
         n = timer.samples
         return {"loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n, "lr": lr,
                 "throughput": timer.per_second, "train_s": timer.seconds}
+
+    def rank_weighted(self, loss, step, n):
+        """DDP averages the ranks' gradients; a rank's share of a batch may be a sample short, so
+        its loss is weighted by n x world / global batch: the average is then the whole batch's."""
+        if self.world == 1:
+            return loss
+        return loss * (n * self.world / self.train_loader.global_size(step))
+
+    def summed(self, *values):
+        t = torch.stack([torch.as_tensor(v, device=self.device).double() for v in values])
+        dist.all_reduce(t)
+        return t.unbind()
+
+    def test_top1(self):
+        """Test accuracy of the unwrapped model; under DDP on rank 0 alone, over the whole test set
+        (the number one process gets), sent to the other ranks so that every history is the same."""
+        top1 = accuracy(self.model, self.test_loader, topk=(1,))["top1"] if self.rank == 0 else None
+        if self.world > 1:
+            box = [top1]
+            dist.broadcast_object_list(box, src=0)
+            top1 = box[0]
+        return top1
+
+    def check_replicas(self):
+        """DDP keeps the ranks' weights equal only if every method hook acts alike on every rank:
+        compare their digests after each epoch and stop with an error where they differ. Buffers
+        that forward passes update on each rank's own data (norm statistics) are rank 0's first,
+        as DDP makes them before every forward pass."""
+        if self.world == 1:
+            return
+        for buffer in self.model.buffers():
+            sent = buffer.to(torch.uint8) if buffer.dtype == torch.bool else buffer   # gloo sends no bool
+            dist.broadcast(sent, src=0)
+            if sent is not buffer:
+                buffer.copy_(sent.bool())
+        digests = [None] * self.world
+        dist.all_gather_object(digests, state_digest(self.model.state_dict()))
+        if len(set(digests)) > 1:
+            raise HarnessError(f"the {self.world} DDP processes hold different weights after epoch {self.epoch} "
+                               f"({', '.join(digests)}): a method hook acts differently per rank")
 
     def _check_finite(self, loss_sum, lr):
         if not torch.isfinite(loss_sum):
@@ -227,19 +334,21 @@ class Trainer:
 
     def run(self):
         self.out.mkdir(parents=True, exist_ok=True)
-        io.save_json(asdict(self.spec), self.out / "spec.json")
+        if self.rank == 0:
+            io.save_json(asdict(self.spec), self.out / "spec.json")
         self.try_resume()
         while self.epoch < self.cfg.epochs:
             t0 = time.perf_counter()
             stats = self.train_epoch()
             last = self.epoch + 1 == self.cfg.epochs
             if last or (self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0):
-                stats["test_top1"] = accuracy(self.forward_model, self.test_loader, topk=(1,))["top1"]
+                stats["test_top1"] = self.test_top1()
             stats["sparsity"] = sparsity_summary(layer_sparsity(self.model))["sparsity"]
             self.epoch += 1
             self.wall_s += time.perf_counter() - t0
             stats.update(epoch=self.epoch, seconds=time.perf_counter() - t0)
             self.history.append(stats)
+            self.check_replicas()
             self.save_checkpoint()
             self.log(_epoch_line(stats, self.cfg.epochs))
         tested = [h["test_top1"] for h in self.history if "test_top1" in h]
@@ -247,9 +356,16 @@ class Trainer:
                    "best_top1": max(tested) if tested else None,  # as DeepHoyer reports finetuning
                    "throughput": _mean([h["throughput"] for h in self.history]),
                    "device": str(self.device), "threads": torch.get_num_threads()}
-        io.save_torch({"state_dict": self.model.state_dict(), "method": self.method.state_dict(),
-                       "spec": asdict(self.spec)}, self.out / "model.pt")
-        io.save_json(summary, self.out / "train.json")
+        if self.rank == 0:
+            io.save_torch({"state_dict": self.model.state_dict(), "method": self.method.state_dict(),
+                           "spec": asdict(self.spec)}, self.out / "model.pt")
+            io.save_json(summary, self.out / "train.json")
+        if self.world > 1:
+            digests = os.environ.get("HARNESS_RANK_DIGESTS")  # for tests: each rank's final weights
+            if digests:
+                Path(digests, f"rank{self.rank}.txt").write_text(state_digest(self.model.state_dict()))
+            dist.barrier()  # every rank ends once rank 0's files are written
+            dist.destroy_process_group()
         return summary
 
 

@@ -74,6 +74,13 @@ class Method:
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 
+    def forward_levels(self, model, progress):
+        """Before each batch: the forward passes to make on it, as context managers, each setting
+        the model's compression level for its pass (LCS samples α per batch; the sandwich rule of
+        slimmable networks makes several passes). Each pass's loss is backpropagated in turn, so
+        the gradients of the passes add up before the one optimizer step. Default: one pass."""
+        yield contextlib.nullcontext()
+
     def loss(self, model, outputs, base_loss):
         """Add regularizers or penalty terms to the task loss."""
         return base_loss

@@ -1,5 +1,9 @@
 # Training and evaluation of one run; the shared dense model of a paper is a run like any other.
 # A killed job resumes from <run>/checkpoint.pt, which is not a declared output and so survives.
+# A run with several GPUs (paper-scale `train.gpus`, or `train.processes`) trains with
+# DistributedDataParallel, one process per GPU started by torchrun inside this one job
+# (harness/scheduling.py: launcher); the job's GPU count decides it, so
+# `--set-resources train:gpu=N` runs a row on N GPUs with the same global batch.
 
 
 rule train:
@@ -13,6 +17,7 @@ rule train:
         spec=lambda wc: spec_of(wc).to_json(),
         init=lambda wc, input: f"--init {input.init}" if input.init else "",
         budget=lambda wc, input: f"--budget-file {input.budget}" if input.budget else "",
+        launch=lambda wc, resources: scheduling.launcher(PYTHON, scheduling.processes(spec_of(wc), resources.gpu)),
     log:
         RUN_DIR + "/train.log",
     benchmark:
@@ -20,10 +25,11 @@ rule train:
     threads: 1
     resources:
         gpu=lambda wc: scheduling.gpus(spec_of(wc)),
+        cpus_per_task=lambda wc, threads: scheduling.cpus_per_task(spec_of(wc), threads),
         mem_mb=lambda wc: scheduling.mem_mb(spec_of(wc)),
         runtime=lambda wc, attempt: scheduling.runtime_min(spec_of(wc)) * attempt,
     shell:
-        "HARNESS_NO_BAR=1 {PYTHON} -m harness train --spec {params.spec:q} --out $(dirname {output.model}) "
+        "HARNESS_NO_BAR=1 {params.launch} train --spec {params.spec:q} --out $(dirname {output.model}) "
         "{params.init} {params.budget} --threads {threads} > {log} 2>&1"
 
 
@@ -40,6 +46,7 @@ rule evaluate:
     threads: 1
     resources:
         gpu=lambda wc: min(1, scheduling.gpus(spec_of(wc))),
+        cpus_per_task=lambda wc, threads: scheduling.cpus_per_task(spec_of(wc), threads, nproc=1),
         mem_mb=lambda wc: scheduling.mem_mb(spec_of(wc)),  # on a cluster, the job's memory limit
     shell:
         "{PYTHON} -m harness evaluate --spec {params.spec:q} --model {input.model} --out {output.metrics} "
