@@ -162,3 +162,42 @@ def at_targets(board):
     fig.suptitle(f"leaderboard, {board.scale.iloc[0]} scale: every method at the same targets "
                  f"(bars: std over seeds)", fontsize="medium")
     return fig
+
+
+LCS_SETTINGS = {"width": "structured: width factor", "topk": "unstructured: TopK (fraction of weights kept)",
+                "bits": "quantized: bit width"}
+LCS_NAMES = {"lcs_l": "LCS+L", "lcs_p": "LCS+P", "us": "US", "ns": "NS", "lec": "LEC",
+             "target_topk": "TopK target", "target_bit_width": "bit width target"}
+
+
+def lcs_series(row):
+    """A curve's name: the method as the paper names it, plus what a row changes (norm, target, range)."""
+    args = json.loads(row.method_args) if isinstance(row.method_args, str) else {}
+    extra = [args["norm"]] if args.get("norm") else []
+    extra += [f"{k}={args[k]:g}" for k in ("topk", "bit_width", "topk_lower_bound") if k in args]
+    return LCS_NAMES.get(row.method, row.method) + (f" ({', '.join(extra)})" if extra else "")
+
+
+@register_figure("lcs")
+def lcs_figures(rows):
+    """LCS's comparison: top-1 against the compression level each subspace (or baseline) was
+    evaluated at, a panel per setting (and model), a curve per method (mean over seeds, bars: std)."""
+    rows = rows[rows.level.notna()].assign(series=[lcs_series(r) for r in rows[rows.level.notna()].itertuples()])
+    panes = sorted({(m, k) for m, k in zip(rows.model, rows.level_kind)}, key=lambda p: (p[0], list(LCS_SETTINGS).index(p[1])))
+    fig, axes = panels(len(panes), 5.0, 4.2)
+    for ax, (model, kind) in zip(axes, panes):
+        part = rows[(rows.model == model) & (rows.level_kind == kind)]
+        sns.lineplot(part, x="level", y="top1", hue="series", style="series", markers=True, dashes=False,
+                     errorbar="sd", err_style="bars", ax=ax)
+        if kind == "topk":
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        if kind == "bits":
+            ax.set_xticks(sorted(part.level.unique()))
+        ax.set_xlabel(LCS_SETTINGS[kind])
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(f"{LCS_SETTINGS[kind].split(':')[0]}: {model} on {part.dataset.iloc[0]}", fontsize="medium")
+        ax.legend(fontsize="small", title=None)
+    fig.suptitle(f"lcs, {rows.scale.iloc[0]} scale: accuracy at every compression level of one trained "
+                 f"network per method (no retraining, no norm recalibration)", fontsize="medium")
+    return {"top1-level": fig}
