@@ -26,7 +26,8 @@ def test_every_method_on_every_model_with_the_tables_seeds():
     specs = runs("laptop")
     assert {s.seed for s in specs} == {0, 1}                              # the table's seeds, not the config's
     per_model = Counter(s.model for s in specs)
-    assert set(per_model) == {"lenet300-100", "lenet5-caffe", "resnet20"} and len(set(per_model.values())) == 1
+    assert set(per_model) == {"lenet300-100", "lenet5-caffe", "resnet20"}
+    assert per_model["lenet5-caffe"] == per_model["resnet20"] == per_model["lenet300-100"] + 4   # LCS: conv models
     lenet = {s.row for s in specs if s.model == "lenet5-caffe" and s.seed == 0}
     for row in ["lenet5-caffe-dense", "lenet5-caffe-gmp-0.9", "lenet5-caffe-gmp-0.95", "lenet5-caffe-dnw-0.9",
                 "lenet5-caffe-admm-prune-0.1", "lenet5-caffe-admm-prune-0.05", "lenet5-caffe-str-0.03",
@@ -35,7 +36,8 @@ def test_every_method_on_every_model_with_the_tables_seeds():
                 "lenet5-caffe-admm-quantize-3bit", "lenet5-caffe-admm-joint-0.5x8bit"]:
         assert row in lenet, row
     methods = {s.method for s in specs}
-    assert methods >= {"dense", "gmp", "dnw", "str", "l1", "hoyer", "hoyer_square", "tl1", "finetune", "admm"}
+    assert methods >= {"dense", "gmp", "dnw", "str", "l1", "hoyer", "hoyer_square", "tl1", "finetune", "admm", "lcs_p"}
+    assert {s.method_args["setting"] for s in specs if s.method == "lcs_p"} == {"unstructured", "quantized"}
 
 
 @pytest.mark.parametrize("scale", ["laptop", "paper"])
@@ -48,8 +50,11 @@ def test_same_start_and_same_training_budget_for_every_row(scale):
             if chain.init in (None, "pretrain"):
                 break
             chain = specs[(chain.init, seed)]
-        assert chain.init == "pretrain", row                              # one dense start for all
         budget = {"laptop": 3}.get(scale) or (60 if s.dataset == "cifar10" else 30)
+        if s.method == "lcs_p":                                           # from scratch: + the pretraining
+            assert chain.init is None and epochs == budget + {"laptop": 3}.get(scale, 100), row
+            continue
+        assert chain.init == "pretrain", row                              # one dense start for the rest
         if s.method in ("l1", "hoyer", "hoyer_square", "tl1"):
             assert epochs == budget * 2 // 3, row                         # a stage of a chain
         else:
