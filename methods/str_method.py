@@ -61,7 +61,7 @@ class STR(Method):
 
     def thresholds(self, model):
         """{layer: sigmoid(s)}: the per-layer thresholds the reference dumps."""
-        return {n: float(torch.sigmoid(m.parametrizations.weight[0].s)) for n, m in prunable_layers(model)
+        return {n: float(torch.sigmoid(m.parametrizations.weight[0].s.detach())) for n, m in prunable_layers(model)
                 if parametrize.is_parametrized(m, "weight")}
 
     def report(self, model):
