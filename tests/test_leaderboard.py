@@ -30,9 +30,9 @@ def test_every_method_on_every_model_with_the_tables_seeds():
     assert per_model["lenet5-caffe"] == per_model["resnet20"] == per_model["lenet300-100"] + 4   # LCS: conv models
     lenet = {s.row for s in specs if s.model == "lenet5-caffe" and s.seed == 0}
     for row in ["lenet5-caffe-dense", "lenet5-caffe-gmp-0.9", "lenet5-caffe-gmp-0.95", "lenet5-caffe-dnw-0.9",
-                "lenet5-caffe-admm-prune-0.1", "lenet5-caffe-admm-prune-0.05", "lenet5-caffe-str-0.03",
+                "lenet5-caffe-admm-prune-0.1", "lenet5-caffe-admm-prune-0.05", "lenet5-caffe-str-0.1",
                 "lenet5-caffe-hoyer_square-0.0001", "lenet5-caffe-hoyer_square-0.0001-std2.0",
-                "lenet5-caffe-l1-3e-05-std1.0", "lenet5-caffe-tl1-3e-05-std1.0", "lenet5-caffe-hoyer-0.003-std2.0",
+                "lenet5-caffe-l1-3e-05-std1.5", "lenet5-caffe-tl1-3e-05-std2.5", "lenet5-caffe-hoyer-0.003-std2.0",
                 "lenet5-caffe-admm-quantize-3bit", "lenet5-caffe-admm-joint-0.5x8bit"]:
         assert row in lenet, row
     methods = {s.method for s in specs}
