@@ -58,7 +58,8 @@ def shared_style():
 
 
 def palette(levels):
-    return dict(zip(levels, sns.color_palette("colorblind", len(levels))))
+    """A distinct colour per level: the colour-blind palette has 10, more get tab20's."""
+    return dict(zip(levels, sns.color_palette("colorblind" if len(levels) <= 10 else "tab20", len(levels))))
 
 
 def series(rows):
