@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness import io
+
 COLUMNS = ["scale", "paper", "row", "method", "pipeline", "model", "dataset", "level", "level_kind", "seed", "top1", "top5",
            "best_top1", "sparsity", "bits", "compression", "size_bits", "size_budget_bits", "structured_sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",
            "throughput", "device", "published_top1", "published_sparsity", "published_flops",
@@ -66,10 +68,7 @@ def aggregate(paths, out_csv):
         rows += list(rows_from_metrics(json.loads(Path(path).read_text())))
     table = add_pipeline(pd.DataFrame(rows, columns=COLUMNS)).sort_values(["scale", "paper", "row", "seed", "level"],
                                                            na_position="first", kind="stable")
-    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out_csv).with_suffix(".csv.tmp")
-    table.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(out_csv)
+    io.save_csv(table, out_csv)
     return table
 
 

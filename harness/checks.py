@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from harness import io
 from harness.errors import HarnessError
 
 PASS, FAIL, NOT_COMPARABLE = "pass", "fail", "not comparable"
@@ -188,10 +189,7 @@ def run_checks(table, default_tolerance=None, margin=DENSE_MARGIN):
 
 
 def write_checks(checks, out_csv):
-    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out_csv).with_suffix(".csv.tmp")
-    checks.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(out_csv)
+    io.save_csv(checks, out_csv)
 
 
 def summary(checks, scale=None):

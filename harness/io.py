@@ -5,8 +5,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-
 from harness.errors import CheckpointError
 
 
@@ -26,6 +24,7 @@ def _atomic(path, write):
 
 
 def save_torch(obj, path):
+    import torch  # here, not at the top: tables and checks write CSV without loading torch
     _atomic(path, lambda f: torch.save(obj, f))
 
 
@@ -33,8 +32,14 @@ def save_json(obj, path):
     _atomic(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 
 
+def save_csv(frame, path):
+    """A results table (pandas DataFrame), 6 significant digits, written atomically."""
+    _atomic(path, lambda f: f.write(frame.to_csv(index=False, float_format="%.6g").encode()))
+
+
 def load_torch(path, what="checkpoint"):
     """Load a torch file, turning a truncated or foreign file into a one-line error."""
+    import torch
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from harness import io
 from harness.checks import read_results
 
 PAPER = "leaderboard"
@@ -139,10 +140,7 @@ def leaderboard(table, targets, tolerance):
 def write_leaderboard(table_csv, out_csv, papers_dir="config/papers"):
     targets, tolerance = settings(Path(papers_dir) / f"{PAPER}.yaml")
     board = leaderboard(read_results(table_csv), targets, tolerance)
-    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out_csv).with_suffix(".csv.tmp")
-    board.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(out_csv)
+    io.save_csv(board, out_csv)
     return board
 
 
