@@ -1,7 +1,9 @@
 """Command line: `python -m harness <stage> ...`; Snakemake rules call these, and so can you.
 
-  train     --spec JSON --out DIR [--init MODEL.pt]   train one run (resumes from DIR/checkpoint.pt)
-  evaluate  --spec JSON --model MODEL.pt --out metrics.json
+  train     --spec JSON --out DIR [--init MODEL.pt] [--evaluate metrics.json]
+                                                     train one run (resumes from DIR/checkpoint.pt),
+                                                     then evaluate it (what the Snakemake rule does)
+  evaluate  --spec JSON --model MODEL.pt --out metrics.json   evaluate a trained model again
   aggregate --out tables.csv METRICS.json...
   runs      [--scale S]                                list the runs the config would make
   checks    --table tables.csv --out checks.csv [--scale S]   regression checks; exit 1 if one fails
@@ -23,6 +25,7 @@ def main(argv=None):
     t.add_argument("--init", help="model.pt of the dense model to start from")
     t.add_argument("--threads", type=int)
     t.add_argument("--budget-file", help="budget.csv of the run whose layer-wise budget to train with")
+    t.add_argument("--evaluate", metavar="METRICS_JSON", help="then evaluate the trained model into this file")
     e = sub.add_parser("evaluate")
     e.add_argument("--spec", required=True)
     e.add_argument("--model", required=True)
@@ -75,17 +78,23 @@ def _spec(text):
     return RunSpec.from_json(text)
 
 
+def _evaluate(spec, model, out, threads):
+    from harness.evaluate import evaluate
+    for p in evaluate(spec, model, out, threads)["points"]:
+        print(f"level {p['level']}: top1 {p['top1']:.2f} sparsity {p['sparsity']:.4f} "
+              f"MFLOPs {p['flops'] / 1e6:.3f}", flush=True)
+
+
 def _dispatch(args):
     if args.cmd == "train":
-        from harness.trainer import Trainer
-        Trainer(_spec(args.spec), args.out, args.init, args.threads, log=lambda m: print(m, flush=True),
+        from harness.trainer import Trainer, distributed_env
+        spec = _spec(args.spec)
+        Trainer(spec, args.out, args.init, args.threads, log=lambda m: print(m, flush=True),
                 budget_file=args.budget_file).run()
+        if args.evaluate and distributed_env()[0] == 0:   # under DDP, rank 0 alone
+            _evaluate(spec, f"{args.out}/model.pt", args.evaluate, args.threads)
     elif args.cmd == "evaluate":
-        from harness.evaluate import evaluate
-        res = evaluate(_spec(args.spec), args.model, args.out, args.threads)
-        for p in res["points"]:
-            print(f"level {p['level']}: top1 {p['top1']:.2f} sparsity {p['sparsity']:.4f} "
-                  f"MFLOPs {p['flops'] / 1e6:.3f}")
+        _evaluate(_spec(args.spec), args.model, args.out, args.threads)
     elif args.cmd == "aggregate":
         from harness.aggregate import aggregate, summary
         table = aggregate(args.metrics, args.out)

@@ -1,4 +1,6 @@
-# Training and evaluation of one run; the shared dense model of a paper is a run like any other.
+# Training and then evaluation of one run, in one job: a separate evaluation job meant a second
+# process start, torch import and data load for every run. The shared dense model of a paper is a
+# run like any other.
 # A killed job resumes from <run>/checkpoint.pt, which is not a declared output and so survives.
 # A run with several GPUs (paper-scale `train.gpus`, or `train.processes`) trains with
 # DistributedDataParallel, one process per GPU started by torchrun inside this one job
@@ -13,6 +15,8 @@ rule train:
     output:
         model=RUN_DIR + "/model.pt",
         history=RUN_DIR + "/train.json",
+        metrics=RUN_DIR + "/metrics.json",   # evaluated in the same process, right after training
+        budget=RUN_DIR + "/budget.csv",      # the achieved layer-wise budget, in STR's CSV format
     params:
         spec=lambda wc: spec_of(wc).to_json(),
         init=lambda wc, input: f"--init {input.init}" if input.init else "",
@@ -30,24 +34,4 @@ rule train:
         runtime=lambda wc, attempt: scheduling.runtime_min(spec_of(wc)) * attempt,
     shell:
         "HARNESS_NO_BAR=1 {params.launch} train --spec {params.spec:q} --out $(dirname {output.model}) "
-        "{params.init} {params.budget} --threads {threads} > {log} 2>&1"
-
-
-rule evaluate:
-    input:
-        model=RUN_DIR + "/model.pt",
-    output:
-        metrics=RUN_DIR + "/metrics.json",
-        budget=RUN_DIR + "/budget.csv",     # the achieved layer-wise budget, in STR's CSV format
-    params:
-        spec=lambda wc: spec_of(wc).to_json(),
-    log:
-        RUN_DIR + "/evaluate.log",
-    threads: 1
-    resources:
-        gpu=lambda wc: min(1, scheduling.gpus(spec_of(wc))),
-        cpus_per_task=lambda wc, threads: scheduling.cpus_per_task(spec_of(wc), threads, nproc=1),
-        mem_mb=lambda wc: scheduling.mem_mb(spec_of(wc)),  # on a cluster, the job's memory limit
-    shell:
-        "{PYTHON} -m harness evaluate --spec {params.spec:q} --model {input.model} --out {output.metrics} "
-        "--threads {threads} > {log} 2>&1"
+        "{params.init} {params.budget} --evaluate {output.metrics} --threads {threads} > {log} 2>&1"
