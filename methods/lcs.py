@@ -53,6 +53,7 @@ OPTION_USERS = {
     "bit_width_limits": {"lcs_l:quantized", "lcs_p:quantized"},
     "eval_alpha": {"lcs_l:quantized"},
     "lec_sparsity": {"lec"},
+    "fold_bn": {"target_bit_width", "lcs_l:quantized", "lcs_p:quantized"},
 }
 
 
@@ -84,6 +85,8 @@ class LCSArgs:
     topk_gradient: str = "masked"           # masked (reference: pruned weights get no gradient) | straight_through
     eval_alpha: str = "exact"               # quantized lines: α of b bits = k/D (exact) or floor(1000 k/D)/1000 (reference)
     lec_sparsity: float = 1.0e-5            # LEC: L1 strength on norm scales (network slimming's s)
+    fold_bn: bool = True                    # quantized with BN: quantize each conv weight with the scale of
+                                            # the BN it feeds folded in (reference ConvBn2d); false: unfolded
 
     method: ClassVar[str] = ""
 
@@ -201,6 +204,7 @@ class SubspaceMethod(Method):
     # -- build --------------------------------------------------------------------------------
     def build(self, model):
         a, line = self.args, self.line
+        folds = conv_bn_pairs(model) if self.setting == "quantized" and a.fold_bn and a.norm == "BN" else {}
         for name, m in list(model.named_modules()):
             for child_name, child in list(m.named_children()):
                 if isinstance(child, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)):
@@ -219,6 +223,8 @@ class SubspaceMethod(Method):
             parametrize.register_parametrization(m, "weight", p, unsafe=p.slim)   # sliced while training
             if p.quantized:
                 m.register_forward_pre_hook(p.quantize_input)
+                if layers[i][0] in folds:
+                    p.fold(model.get_submodule(folds[layers[i][0]]))
             self.weights.append(p)
         self._set(self.default_level())
         return model
@@ -306,8 +312,21 @@ class SubspaceMethod(Method):
     def report(self, model):
         pairs = self.line_pairs(model) if self.line else []
         return {"setting": self.setting, "norm": self.args.norm, "line": self.line,
-                "level_kind": self.level_kind,
+                "level_kind": self.level_kind, "bn_folded_layers": sum(bool(p.folded_norm) for p in self.weights),
                 **({"endpoint_cos2": float(endpoint_cos2(pairs).detach())} if pairs else {})}
+
+
+def conv_bn_pairs(model):
+    """{conv name: BN name} for every conv whose output goes to a BatchNorm and nowhere else (the
+    pairs a ConvBn2d fuses), from the traced graph."""
+    modules = dict(model.named_modules())
+    pairs = {}
+    for node in torch.fx.symbolic_trace(model).graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d) and len(node.users) == 1:
+            user, = node.users
+            if user.op == "call_module" and isinstance(modules[user.target], nn.BatchNorm2d):
+                pairs[node.target] = user.target
+    return pairs
 
 
 def endpoint_cos2(pairs):

@@ -96,6 +96,20 @@ class SubspaceWeight(nn.Module):
             self.register_buffer("act_min", torch.zeros((), device=weight.device))
             self.register_buffer("act_max", torch.zeros((), device=weight.device))
         self.alpha, self.topk, self.bits, self.width, self.quantize_inputs = 1.0, None, None, None, False
+        self.folded_norm = ()   # (the BN this layer's output feeds,) when its scale is folded in
+
+    def fold(self, norm):
+        """Quantize this weight with `norm`'s scale γ/sqrt(running_var + eps) folded into each output
+        channel, then divide it back out (reference ConvBn2d: conv(x, q(w·s)) / s, then the BN), so
+        the quantization grid is that of the deployed, BN-folded weight. A tuple, not a submodule:
+        the norm stays where the model has it."""
+        self.folded_norm = (norm,)
+
+    def fold_scale(self, w):
+        norm, = self.folded_norm
+        gamma = norm.affine()[0]
+        scale = gamma / torch.sqrt(norm.running_var + norm.eps)
+        return scale.view(-1, *([1] * (w.dim() - 1)))
 
     def forward(self, w):
         if self.weight1 is not None:
@@ -104,7 +118,11 @@ class SubspaceWeight(nn.Module):
             mask = topk_mask(w, self.topk)
             w = w * mask if self.topk_gradient == "masked" else w + (w * mask - w).detach()
         if self.quantized and self.bits is not None:
-            w = quantize_ste(w, self.bits)
+            if self.folded_norm:
+                s = self.fold_scale(w)
+                w = quantize_ste(w * s, self.bits) / s
+            else:
+                w = quantize_ste(w, self.bits)
         if self.slim and self.width is not None and self.width < 1.0:
             out_c, in_c = self.live_channels(w)
             if self.training:        # the network runs narrow (cheaper); the same numbers as the mask

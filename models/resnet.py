@@ -128,20 +128,32 @@ def resnet50(num_classes=1000, in_channels=3, layers=None, width=1.0):
 
 
 class PreBottleneck(nn.Module):
-    """Pre-activation bottleneck of network slimming's preresnet: norm-relu-conv x3."""
+    """Pre-activation bottleneck of network slimming's preresnet: norm-relu-conv x3. With
+    norm_position "after_conv" each conv (the shortcut's too) is followed by its own norm instead,
+    relu-conv-norm x3: the layout of LCS's quantized cPreResNet20, whose ConvBn2d blocks carry the
+    norm after the conv and leave the pre-activation norms out (its builder's NoOpBN)."""
     expansion = 4
 
-    def __init__(self, layers, inplanes, planes, stride):
+    def __init__(self, layers, inplanes, planes, stride, norm_position="before_conv"):
         super().__init__()
-        self.bn1 = layers.norm2d(inplanes)
-        self.conv1 = layers.conv(inplanes, planes, 1, bias=False)
-        self.bn2 = layers.norm2d(planes)
-        self.conv2 = layers.conv(planes, planes, 3, stride, 1, bias=False)
-        self.bn3 = layers.norm2d(planes)
-        self.conv3 = layers.conv(planes, planes * 4, 1, bias=False)
+        before = norm_position == "before_conv"
+
+        def conv(cin, cout, *args):
+            c = layers.conv(cin, cout, *args, bias=False)
+            return c if before else nn.Sequential(c, layers.norm2d(cout))
+
+        def norm(channels):
+            return layers.norm2d(channels) if before else nn.Identity()
+
+        self.bn1 = norm(inplanes)
+        self.conv1 = conv(inplanes, planes, 1)
+        self.bn2 = norm(planes)
+        self.conv2 = conv(planes, planes, 3, stride, 1)
+        self.bn3 = norm(planes)
+        self.conv3 = conv(planes, planes * 4, 1)
         self.downsample = None
         if stride != 1 or inplanes != planes * 4:
-            self.downsample = layers.conv(inplanes, planes * 4, 1, stride, bias=False)
+            self.downsample = conv(inplanes, planes * 4, 1, stride)
 
     def forward(self, x):
         out = self.conv1(F.relu(self.bn1(x)))
@@ -150,16 +162,21 @@ class PreBottleneck(nn.Module):
         return out + (x if self.downsample is None else self.downsample(x))
 
 
+NORM_POSITIONS = ("before_conv", "after_conv")
+
+
 class PreResNet(nn.Module):
-    def __init__(self, layers, depth, widths, num_classes, in_channels):
+    def __init__(self, layers, depth, widths, num_classes, in_channels, norm_position="before_conv"):
         super().__init__()
+        if norm_position not in NORM_POSITIONS:
+            raise ValueError(f"model_args.norm_position {norm_position!r}: use one of {', '.join(NORM_POSITIONS)}")
         n = (depth - 2) // 9
         self.stem = layers.conv(in_channels, widths[0], 3, 1, 1, bias=False)
         inplanes, stages = widths[0], []
         for i, planes in enumerate(widths):
             blocks = []
             for j in range(n):
-                blocks.append(PreBottleneck(layers, inplanes, planes, 2 if (i > 0 and j == 0) else 1))
+                blocks.append(PreBottleneck(layers, inplanes, planes, 2 if (i > 0 and j == 0) else 1, norm_position))
                 inplanes = planes * 4
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -173,5 +190,5 @@ class PreResNet(nn.Module):
 
 
 @register_model("cpreresnet20")
-def cpreresnet20(num_classes=10, in_channels=3, layers=None, width=1.0):
-    return PreResNet(layers, 20, _scaled([16, 32, 64], width), num_classes, in_channels)
+def cpreresnet20(num_classes=10, in_channels=3, layers=None, width=1.0, norm_position="before_conv"):
+    return PreResNet(layers, 20, _scaled([16, 32, 64], width), num_classes, in_channels, norm_position)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import models
 from harness.metrics import flops, layer_sparsity, model_size, prunable_layers, sparsity_summary
@@ -311,6 +312,76 @@ def test_lec_finds_producers_in_post_norm_networks():
     assert method.neighbours["1"] == ("0", ["3"])        # conv 0 -> norm 1 -> relu -> conv 3
 
 
+# -- quantized layers with BatchNorm: the BN scale is folded in before quantizing (reference ConvBn2d) --
+def conv_bn_net():
+    """stem conv (float) -> conv -> BN -> relu -> pool -> linear (float): one quantized, folded conv."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, bias=False), nn.Conv2d(3, 4, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+
+def test_bn_folded_quantization_is_the_reference_convbn():
+    model, method = conv_bn_net(), lcs("target_bit_width", bit_width=3)
+    method.build(model)
+    norm = model[2]
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([2.0, -0.5, 0.25, 1.5]))
+        norm.bias.copy_(torch.tensor([0.1, 0.0, -0.2, 0.3]))
+        norm.running_mean.copy_(torch.tensor([0.2, -0.1, 0.0, 0.05]))
+        norm.running_var.copy_(torch.tensor([4.0, 0.25, 1.0, 0.5]))
+    model.eval()
+    x = torch.randn(2, 1, 6, 6)
+    conv = model[1]
+    w = conv.parametrizations.weight.original.detach()
+    s = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).detach()
+    # reference _ConvBnNd._forward: conv with q(w·s), divided by s, then the BN (input range unset: no input quantization)
+    folded = F.conv2d(model[0](x), quantize_affine(w * s.view(-1, 1, 1, 1), 3), padding=1) / s.view(1, -1, 1, 1)
+    expected = model[6](model[5](model[4](model[3](F.batch_norm(folded, norm.running_mean, norm.running_var,
+                                                               norm.weight, norm.bias, False, 0.1, norm.eps)))))
+    with torch.no_grad(), method.at_level(model, 3):
+        assert torch.allclose(model(x), expected, atol=1e-5)
+        unfolded = quantize_affine(w, 3)
+        assert not torch.allclose(conv.weight, unfolded)      # folding moves the quantization grid
+    assert method.report(model)["bn_folded_layers"] == 1
+
+
+@pytest.mark.parametrize("args, folded", [({}, 1), ({"fold_bn": False}, 0), ({"norm": "GN"}, 0)])
+def test_only_batchnorm_is_folded_and_only_when_asked(args, folded):
+    model, method = conv_bn_net(), lcs("target_bit_width", bit_width=4, **args)
+    method.build(model).eval()
+    with torch.no_grad(), method.at_level(model, 4):
+        w = model[1].parametrizations.weight.original
+        expected = quantize_affine(w, 4) if not folded else None
+        assert sum(bool(p.folded_norm) for p in method.weights) == folded
+        if not folded:      # GN / IN: scale 1 in the reference, i.e. the plain quantized weight
+            assert torch.equal(model[1].weight, expected)
+
+
+@pytest.mark.parametrize("position, folded", [("before_conv", 12), ("after_conv", 21)])
+def test_quantized_cpreresnet_layout(position, folded):
+    """after_conv: every block conv (shortcuts too) feeds its own norm, as the reference's ConvBn2d
+    blocks; before_conv (pre-activation) folds only the convs that feed the next BN directly."""
+    model = models.create_model("cpreresnet20", 10, 3, width=0.25, norm_position=position)
+    method = lcs("target_bit_width")
+    method.build(model).eval()
+    assert sum(p.quantized for p in method.weights) == 21
+    assert method.report(model)["bn_folded_layers"] == folded
+    with method.at_level(model, 5):
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_layouts_are_the_same_function_where_norms_are_identities():
+    """With every norm an identity, moving it from before to after the conv changes nothing."""
+    torch.manual_seed(0)
+    no_norm = models.Layers(norm="none")
+    a = models.create_model("cpreresnet20", 10, 3, width=0.25, layers=no_norm)
+    b = models.create_model("cpreresnet20", 10, 3, width=0.25, layers=no_norm, norm_position="after_conv")
+    # conv1 -> Sequential(conv1, norm): stages.0.0.conv1.weight becomes stages.0.0.conv1.0.weight
+    b.load_state_dict({k: a.state_dict()[k.replace(".0.weight", ".weight")] for k in b.state_dict()})
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(a(x), b(x), atol=1e-5)
+
+
 # -- options: every README option reaches the run, bad combinations fail in one line ---------------
 def spec(method, **method_args):
     return RunSpec(scale="smoke", paper="lcs", row="r", seed=0, method=method, model="cpreresnet20",
@@ -354,6 +425,8 @@ def levels(method, progress=AFTER):
     ("lcs_p", {"setting": "structured"}, lambda m: {n.kind for n in m.norms} == {"IN"}),
     ("lcs_l", {"setting": "unstructured", "warmup_budget": 50}, lambda m: m.warmup_steps(AFTER) == 50),
     ("lcs_l", {"setting": "unstructured", "norm_weight1_init": 1.0}, lambda m: m.norms[0].weight1[0] == 1.0),
+    ("target_bit_width", {}, lambda m: sum(bool(p.folded_norm) for p in m.weights) == 12),
+    ("target_bit_width", {"fold_bn": False}, lambda m: not any(p.folded_norm for p in m.weights)),
 ])
 def test_every_option_reaches_the_run(method_name, args, check):
     torch.manual_seed(0)
@@ -380,6 +453,7 @@ def test_every_option_reaches_the_run(method_name, args, check):
     ("lcs_l", {"setting": "unstructured", "norm": "XN"}, "method_args.norm: 'XN': use IN, BN or GN"),
     ("target_topk", {"topk": 1.5}, "method_args.topk: 1.5 is the fraction of weights kept"),
     ("lcs_l", {"setting": "unstructured", "warmup_budget": 120}, "method_args.warmup_budget"),
+    ("lcs_p", {"setting": "unstructured", "fold_bn": False}, "method_args.fold_bn: does not apply to method 'lcs_p' (unstructured)"),
 ])
 def test_invalid_combinations_fail_with_one_line(method_name, args, message):
     with pytest.raises(ValueError) as err:
@@ -415,6 +489,9 @@ def test_paper_rows_use_the_reference_recipe():
     vgg = specs["vgg19-structured-us"]
     assert (vgg.dataset, vgg.train["epochs"], vgg.train["batch_size"], vgg.train["weight_decay"]) == ("imagenet", 90, 256, 5e-5)
     assert specs["resnet18-quantized-lcs_l"].train["batch_size"] == 128
+    assert specs["cpreresnet20-quantized-lcs_p"].model_args["norm_position"] == "after_conv"   # ConvBn2d blocks
+    assert specs["cpreresnet20-quantized-target_bit_width-3"].model_args["norm_position"] == "after_conv"
+    assert "norm_position" not in specs["cpreresnet20-structured-lcs_l"].model_args
     assert specs["cpreresnet20-unstructured-lcs_p-high-sparsity"].method_args["topk_lower_bound"] == 0.005
     assert all(s.method_args.get("warmup_budget") == 80 for s in specs.values())
 
