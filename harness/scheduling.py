@@ -20,11 +20,11 @@ def processes(spec, gpus_granted=None):
     return max(1, gpus(spec) if gpus_granted is None else gpus_granted)
 
 
-def cpus_per_task(spec, threads=1, nproc=None):
-    """Cores per job of `nproc` processes (default: the run's training processes): for BIG_DATA
-    one per process plus its LOADER_WORKERS (5 per GPU); data held on the device needs one core per
-    process; never fewer than the rule's threads."""
-    n = processes(spec) if nproc is None else nproc
+def cpus_per_task(spec, threads=1):
+    """Cores per job of the run's training processes: for BIG_DATA one per process plus its
+    LOADER_WORKERS (5 per GPU); data held on the device needs one core per process; never fewer
+    than the rule's threads."""
+    n = processes(spec)
     return max(threads, n * (1 + LOADER_WORKERS) if spec.dataset in BIG_DATA else n)
 
 

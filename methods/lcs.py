@@ -318,15 +318,8 @@ class SubspaceMethod(Method):
 
 def conv_bn_pairs(model):
     """{conv name: BN name} for every conv whose output goes to a BatchNorm and nowhere else (the
-    pairs a ConvBn2d fuses), from the traced graph."""
-    modules = dict(model.named_modules())
-    pairs = {}
-    for node in torch.fx.symbolic_trace(model).graph.nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d) and len(node.users) == 1:
-            user, = node.users
-            if user.op == "call_module" and isinstance(modules[user.target], nn.BatchNorm2d):
-                pairs[node.target] = user.target
-    return pairs
+    pairs a ConvBn2d fuses): the BNs' producers in `norm_neighbours`."""
+    return {producer: norm for norm, (producer, _) in norm_neighbours(model).items() if producer}
 
 
 def endpoint_cos2(pairs):
