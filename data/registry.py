@@ -1,5 +1,5 @@
 """Dataset registry: each entry knows its shape and how to load itself."""
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from harness.errors import DataMissing  # noqa: F401  (re-exported for the loaders)
@@ -32,8 +32,34 @@ def register_dataset(name, info, load):
     DATASETS.register(name, Entry(info, load))
 
 
-def dataset_info(name, **args) -> DataInfo:
-    return DATASETS.get(name).info(**args)
+NORMALIZE_HELP = ("dataset_args.normalize: `dataset` (the data set's own mean/std), `none` (pixels in [0, 1], "
+                  "ToTensor only) or {mean: [...], std: [...]} with one value per channel")
+
+
+def normalization(info, normalize="dataset"):
+    """(mean, std) the inputs are normalised with. Each reference has its own: DeepHoyer's MNIST
+    loaders use ToTensor only, bearpaw's and LCS's CIFAR std is (0.2023, 0.1994, 0.2010), so a
+    paper table names its reference's constants instead of taking the data set's."""
+    channels = info.shape[0]
+    if normalize == "dataset":
+        return info.mean, info.std
+    if normalize == "none":
+        return (0.0,) * channels, (1.0,) * channels
+    if isinstance(normalize, dict) and set(normalize) == {"mean", "std"}:
+        try:
+            mean, std = (tuple(float(v) for v in normalize[k]) for k in ("mean", "std"))
+        except (TypeError, ValueError):
+            mean = std = ()
+        if len(mean) == len(std) == channels and all(s > 0 for s in std):
+            return mean, std
+    raise ValueError(f"{NORMALIZE_HELP}; got {normalize!r} for {info.name} ({channels} channel(s))")
+
+
+def dataset_info(name, normalize="dataset", **args) -> DataInfo:
+    """A data set's facts, with the normalisation the run asks for (dataset_args.normalize)."""
+    info = DATASETS.get(name).info(**args)
+    mean, std = normalization(info, normalize)
+    return replace(info, mean=mean, std=std)
 
 
 def _subset(split, size):
@@ -51,6 +77,7 @@ def make_loaders(name, data_dir, batch_size, device, seed=0, eval_batch_size=Non
     """Train and test loaders for a registered dataset, yielding (x, y) batches on `device`."""
     from .loaders import FolderLoader, TensorLoader
     info = dataset_info(name, **args)
+    args.pop("normalize", None)
     train, test = DATASETS.get(name).load(data_dir, **args)
     if info.in_memory:  # laptop scales may train on a fixed random part of a data set
         train, test = _subset(train, args.get("train_size")), _subset(test, args.get("test_size"))

@@ -9,7 +9,7 @@ from harness import io
 
 COLUMNS = ["scale", "paper", "row", "method", "pipeline", "model", "dataset", "level", "level_kind", "seed", "top1", "top5",
            "best_top1", "sparsity", "bits", "compression", "size_bits", "size_budget_bits", "structured_sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",
-           "throughput", "device", "published_top1", "published_sparsity", "published_flops",
+           "throughput", "device", "precision", "published_top1", "published_sparsity", "published_flops",
            "published_source", "budget", "method_args", "init", "notes", "commit",
            # the rest of a row's `published:` entry, for harness/checks.py
            "published_top5", "published_nonzero_params", "published_compression", "published_tolerance"]
@@ -30,7 +30,8 @@ def rows_from_metrics(metrics):
                "nonzero_params": p["nonzero_params"], "prunable_params": p["prunable_params"],
                "params": p["params"], "flops": p["flops"], "dense_flops": p["dense_flops"],
                "wall_s": train.get("wall_s"), "throughput": train.get("throughput"),
-               "device": env.get("device"), "published_top1": pub.get("top1"),
+               "device": env.get("device"),
+               "precision": train.get("precision", "fp32"), "published_top1": pub.get("top1"),
                "published_sparsity": pub.get("sparsity"), "published_flops": pub.get("flops"),
                "published_source": pub.get("source"),
                "budget": json.dumps(spec.get("budget") or {}, sort_keys=True),

@@ -7,6 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
     """The one trainer's hyperparameters; every paper row sets some of these under `train:`."""
@@ -26,7 +29,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0            # max gradient norm; 0 = off
     grad_clip_norm: float = 2.0       # the norm it is measured in: 2, or inf (ADMM's train.py --gclip)
-    amp: bool = True                  # mixed precision where CUDA is used; ignored on CPU
+    precision: str = "fp32"           # fp32 (every reference's numerics) | bf16 | fp16: autocast on CUDA, an
+                                      # explicit choice of a table or row; the CPU always trains in fp32
     eval_every: int = 1               # test accuracy every N epochs (0: only at the end)
     eval_batch_size: int = 0          # 0: the loader's default
     gpus: int = 1                     # GPUs one run asks its scheduler for (paper scale); one DDP process each

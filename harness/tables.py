@@ -22,7 +22,7 @@ import data
 import methods
 import models
 from harness.errors import HarnessError
-from harness.spec import RunSpec, TrainConfig
+from harness.spec import PRECISIONS, RunSpec, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPERS_DIR = ROOT / "config" / "papers"
@@ -265,10 +265,14 @@ class PaperTable:
         dataset = _mapped(scale_doc.get("datasets"), merged["dataset"])
         models.check_model(model)
         data.check_dataset(dataset)
+        data.dataset_info(dataset, **(merged.get("dataset_args") or {}))   # e.g. a bad normalize
         method_cls = methods.get_method(merged["method"])
         budget = merged.get("budget") or {}
         check_budget(method_cls, budget)
         train = check_dataclass_args(TrainConfig, merged.get("train"), "train")
+        if train.get("precision", "fp32") not in PRECISIONS:
+            raise ValueError(f"train.precision {train['precision']!r}: use one of {', '.join(PRECISIONS)} "
+                             f"(mixed precision applies on CUDA only)")
         method_args = check_dataclass_args(method_cls.Args, merged.get("method_args"), "method_args")
         method_cls.Args(**method_args)   # the Args' own checks of option combinations (e.g. LCS's)
         if merged.get("init") == "pretrain" and self.doc.get("pretrain") is None:

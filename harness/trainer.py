@@ -37,7 +37,7 @@ from harness import io
 from harness.errors import CheckpointError, Divergence, HarnessError
 from harness.metrics import Throughput, accuracy, layer_sparsity, sparsity_summary
 from harness.schedules import LRSchedule
-from harness.spec import RunSpec
+from harness.spec import PRECISIONS, RunSpec
 
 
 def select_device(name="auto"):
@@ -154,6 +154,22 @@ def loaders_for(spec, device, batch_size, eval_batch_size=0, workers=4):
                              **spec.dataset_args)
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def training_precision(asked, device):
+    """The precision a run really trains in: mixed precision only where CUDA is used (and bf16 only
+    where the GPU has it); what tables.csv's `precision` column reports."""
+    if asked not in PRECISIONS:
+        raise ValueError(f"train.precision {asked!r}: use one of {', '.join(PRECISIONS)}")
+    if device.type != "cuda" or asked == "fp32":
+        return "fp32"
+    if asked == "bf16" and not torch.cuda.is_bf16_supported():
+        raise HarnessError(f"train.precision bf16 needs a GPU with bf16 ({torch.cuda.get_device_name(device)} has "
+                           f"none); use fp16 or fp32")
+    return asked
+
+
 def make_optimizer(cfg, groups):
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -194,10 +210,10 @@ class Trainer:
         self.optimizer = make_optimizer(self.cfg, groups)
         self.lr_at = LRSchedule(self.cfg.lr, self.cfg.epochs, self.cfg.schedule, self.cfg.warmup_epochs,
                                 tuple(self.cfg.milestones), self.cfg.gamma, self.cfg.lr_per_epoch)
-        amp = self.cfg.amp and self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.autocast = (lambda: torch.autocast("cuda", self.amp_dtype)) if amp else nullcontext
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.amp_dtype == torch.float16)
+        self.precision = training_precision(self.cfg.precision, self.device)
+        amp_dtype = AUTOCAST_DTYPES.get(self.precision)
+        self.autocast = (lambda: torch.autocast("cuda", amp_dtype)) if amp_dtype else nullcontext
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.channels_last = uses_conv(self.model)
         self.forward_model = distributed(self.model, self.device, self.world)
         self.epoch, self.step, self.wall_s, self.history = 0, 0, 0.0, []
@@ -355,7 +371,7 @@ class Trainer:
         summary = {"epochs": self.cfg.epochs, "wall_s": self.wall_s, "history": self.history,
                    "best_top1": max(tested) if tested else None,  # as DeepHoyer reports finetuning
                    "throughput": _mean([h["throughput"] for h in self.history]),
-                   "device": str(self.device), "threads": torch.get_num_threads()}
+                   "device": str(self.device), "precision": self.precision, "threads": torch.get_num_threads()}
         if self.rank == 0:
             io.save_torch({"state_dict": self.model.state_dict(), "method": self.method.state_dict(),
                            "spec": asdict(self.spec)}, self.out / "model.pt")

@@ -25,7 +25,9 @@ class _TopKStraightThrough(torch.autograd.Function):
 class TopK(nn.Module):
     def __init__(self, rate, device=None):
         super().__init__()
-        self.register_buffer("rate", torch.tensor(float(rate), device=device))  # saved, so evaluation needs no budget
+        # saved, so evaluation needs no budget; float64 as the reference's Python float: in float32, 0.9 x 10
+        # is 8.99999976 and int() prunes 8 weights, not the reference's int(0.9 * 10) = 9
+        self.register_buffer("rate", torch.tensor(float(rate), dtype=torch.float64, device=device))
 
     def forward(self, w):
         return _TopKStraightThrough.apply(w, self.rate)

@@ -86,6 +86,15 @@ def test_dnw_forward_is_top_k_and_backward_straight_through():
     assert x.grad.tolist() == [1.0] * 8
 
 
+@pytest.mark.parametrize("rate, n, pruned", [(0.9, 10, 9), (0.95, 20, 19), (0.9, 100, 90), (0.5, 9, 4)])
+def test_dnw_prunes_int_of_the_python_float_product(rate, n, pruned):
+    # RAIVNLab/STR utils/conv_type.py ChooseEdges: j = int(prune_rate * w.numel()) with prune_rate a
+    # Python float, so 0.9 of 10 weights prunes int(9.0) = 9 (a float32 rate gives int(8.99999976) = 8)
+    from methods.dnw import TopK
+    w = torch.arange(1.0, n + 1)
+    assert int((TopK(rate)(w) == 0).sum()) == pruned == int(rate * n)
+
+
 def test_str_reaches_high_sparsity_on_smoke_data(tmp_path):
     spec = RunSpec(scale="smoke", paper="t", row="str", seed=0, method="str", model="lenet300-100",
                    dataset="synthetic", dataset_args={"train_size": 1024, "test_size": 256}, device="cpu",
