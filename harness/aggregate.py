@@ -53,8 +53,8 @@ def add_pipeline(table):
             parent = init[key]
             if not isinstance(parent, str):
                 break
-            if parent == "pretrain":
-                steps.append("dense")
+            if parent in ("pretrain", "torchvision"):
+                steps.append("dense" if parent == "pretrain" else "torchvision")
                 break
             key = (key[0], key[1], parent)
         return ">".join(reversed(steps))

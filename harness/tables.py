@@ -242,9 +242,12 @@ class PaperTable:
                 if transfer is not None and transfer not in names:
                     raise ValueError(f"budget.transfer: {transfer!r} is not a row of this table at scale {scale}; "
                                      f"{_suggest(transfer, names)}")
-                if spec["init"] not in (None, "pretrain") and spec["init"] not in names:
-                    raise ValueError(f"init: {spec['init']!r} is neither `pretrain` nor a row of this table "
-                                     f"at scale {scale}; {_suggest(spec['init'], names)}")
+                if spec["init"] == models.TORCHVISION_INIT and not models.has_torchvision_weights(spec["model"]):
+                    raise ValueError(f"init: {models.TORCHVISION_INIT} has no published weights for model "
+                                     f"{spec['model']!r}; start it from `pretrain` or a row")
+                if spec["init"] not in (None, "pretrain", models.TORCHVISION_INIT) and spec["init"] not in names:
+                    raise ValueError(f"init: {spec['init']!r} is neither `pretrain`, `{models.TORCHVISION_INIT}` nor "
+                                     f"a row of this table at scale {scale}; {_suggest(spec['init'], names)}")
             except (ValueError, KeyError) as err:
                 self._fail(name, err.args[0] if err.args else str(err), grid=written if name != written else None)
             for seed in seeds:

@@ -61,7 +61,7 @@ def build_model(spec: RunSpec, info, device, init_state=None, budget_file=None):
     model = models.create_model(spec.model, num_classes=info.num_classes, in_channels=info.shape[0],
                                 **_model_kwargs(spec, info))
     if init_state is not None:
-        model.load_state_dict(init_state)
+        models.load_mapped(model, init_state, f"the starting weights of {spec.row} ({spec.init})")
     method = methods.get_method(spec.method)
     method = method(method.Args(**spec.method_args), spec.budget, budget_file)
     model = method.build(model).to(device)
@@ -202,6 +202,8 @@ class Trainer:
             spec, self.device, self.cfg.batch_size, self.cfg.eval_batch_size)
         self.train_loader.shard(self.rank, self.world)
         init_state = finalized_state(init_path, self.info) if init_path else None
+        if spec.init == models.TORCHVISION_INIT:
+            init_state = models.torchvision_state(spec.model)
         if spec.budget.get("transfer") and budget_file is None:
             raise HarnessError(f"budget transfer from row {spec.budget['transfer']!r} needs that run's budget.csv "
                                f"(--budget-file)")

@@ -1,6 +1,8 @@
 """Model registry. Importing this package registers every model family."""
 from . import lenet, others, resnet  # noqa: F401  (registration side effects)
 from .layers import Layers, make_norm
+from .pretrained import TORCHVISION_INIT, has_torchvision_weights, load_mapped, torchvision_state
 from .registry import check_model, create_model, model_names, register_model
 
-__all__ = ["Layers", "make_norm", "check_model", "create_model", "model_names", "register_model"]
+__all__ = ["Layers", "make_norm", "check_model", "create_model", "model_names", "register_model",
+           "TORCHVISION_INIT", "has_torchvision_weights", "load_mapped", "torchvision_state"]

@@ -55,9 +55,10 @@ def spec_of(wc):
 
 
 def init_model(wc):
-    """The model a run starts from: none, the paper's shared dense model, or another row's result."""
+    """The model a run starts from: none, torchvision's published weights, the paper's shared dense
+    model, or another row's result."""
     spec = spec_of(wc)
-    if spec.init is None:
+    if spec.init in (None, "torchvision"):   # torchvision: its published weights, loaded by the job
         return []
     if spec.init == "pretrain":
         return run_dir(TABLES[spec.paper].pretrain_spec(spec)) + "/model.pt"

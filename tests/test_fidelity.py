@@ -93,3 +93,86 @@ def test_tables_csv_reports_the_precision_a_run_used():
                "points": [{"top1": 1.0, "sparsity": 0.0, "nonzero_params": 1, "prunable_params": 1,
                            "params": 1, "flops": 1, "dense_flops": 1}]}
     assert next(rows_from_metrics(metrics))["precision"] == "bf16"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An offline torch hub cache: torchvision finds its weights file there and downloads nothing."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+
+    def place(name, state):
+        import torchvision
+        url = torchvision.models.get_model_weights(name)["IMAGENET1K_V1"].url
+        torch.save(state, folder / url.rsplit("/", 1)[-1])
+    return place
+
+
+@pytest.mark.parametrize("name", ["alexnet", "resnet50"])
+def test_torchvision_weights_load_by_name_and_compute_torchvisions_function(hub_cache, name):
+    import torchvision
+
+    import models
+    torch.manual_seed(0)
+    theirs = torchvision.models.get_model(name).eval()
+    state = theirs.state_dict()
+    if name == "resnet50":     # the published file predates BN batch counters
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    hub_cache(name, state)
+    ours = models.create_model(name, 1000)
+    models.load_mapped(ours, models.torchvision_state(name), "torchvision")
+    x = torch.randn(2, 3, 224 if name == "alexnet" else 64, 224 if name == "alexnet" else 64)
+    with torch.no_grad():
+        assert torch.allclose(ours.eval()(x), theirs(x), atol=1e-5)
+
+
+def test_missing_torchvision_weights_offline_say_where_to_put_them(hub_cache, monkeypatch):
+    import models
+    from harness.errors import DataMissing
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(DataMissing, match=r"alexnet-owt-7be5be79\.pth and could not be downloaded|not at .*alexnet-owt"):
+        models.torchvision_state("alexnet")
+
+
+def test_weights_that_do_not_fit_are_one_line():
+    import models
+    from harness.errors import HarnessError
+    state = models.create_model("alexnet", 10).state_dict()
+    with pytest.raises(HarnessError, match=r"^torchvision does not fit the model \(0 missing, 0 unexpected, 2 of"):
+        models.load_mapped(models.create_model("alexnet", 1000), state, "torchvision")
+
+
+def test_admm_alexnet_chain_starts_from_torchvision_weights():
+    specs = {s.row: s for s in PaperTable(PAPERS_DIR / "admm.yaml").specs("paper", [0])}
+    assert specs["alexnet-dense"].init == "torchvision" and specs["alexnet-40x"].init == "alexnet-dense"
+
+
+def test_init_torchvision_is_refused_for_models_it_has_no_weights_for(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("""title: t
+source: test
+scales: {smoke: {}, laptop: {}, paper: {}}
+rows:
+  dense: {method: dense, model: lenet300-100, dataset: mnist, init: torchvision}
+""")
+    with pytest.raises(TableError, match="init: torchvision has no published weights for model 'lenet300-100'"):
+        PaperTable(path).specs("paper", [0])
+
+
+def test_a_run_with_init_torchvision_starts_from_those_weights(hub_cache, tmp_path):
+    import torchvision
+
+    from harness.spec import RunSpec
+    from harness.trainer import Trainer
+    torch.manual_seed(1)
+    hub_cache("resnet18", torchvision.models.resnet18().state_dict())
+    spec = RunSpec(scale="smoke", paper="t", row="r", seed=0, method="dense", model="resnet18",
+                   dataset="synthetic", init="torchvision", device="cpu", train={"epochs": 0},
+                   dataset_args={"shape": [3, 32, 32], "classes": 1000, "train_size": 4, "test_size": 4})
+    trainer = Trainer(spec, tmp_path / "run", log=lambda m: None)
+    published = torch.load(next((tmp_path / "hub" / "checkpoints").glob("resnet18*")))
+    assert torch.equal(trainer.model.state_dict()["stages.3.1.conv2.weight"], published["layer4.1.conv2.weight"])
