@@ -27,7 +27,8 @@ from torch.nn.utils import parametrize
 from harness.metrics import PRUNABLE_TYPES, prunable_layers
 
 from .base import Method, register_method
-from .lcs_layers import (NORM_KINDS, SubspaceNorm, SubspaceWeight, alpha_bit_map, anneal_topk, magnitude_mask)
+from .lcs_layers import (INITS, NORM_KINDS, SubspaceNorm, SubspaceWeight, alpha_bit_map, anneal_topk, init_weight_,
+                         magnitude_mask)
 
 SETTINGS = ("structured", "unstructured", "quantized")
 LEVEL_KIND = {"structured": "width", "unstructured": "topk", "quantized": "bits"}
@@ -64,7 +65,7 @@ class LCSArgs:
     norm: str | None = None                 # IN | BN | GN; default IN (structured LCS), GN (other LCS), BN (baselines)
     warmup_budget: float = 80.0             # % of training iterations: TopK annealing, activation-quantization delay
     # structured
-    width_factors_list: list | None = None  # ns: the widths trained, losses summed (default [0.25, 0.5, 0.75, 1.0])
+    width_factors_list: list | None = None  # ns: the widths trained in this order, losses summed (default [1, .75, .5, .25])
     width_factor_limits: list | None = None  # us / LCS: [low, high] (default [0.25, 1.0])
     width_factor_samples: int = 4           # sandwich rule: both limits + (samples - 2) uniform widths per batch
     eval_width_factors: list | None = None  # evaluation widths (LEC: channel keep fractions)
@@ -81,7 +82,8 @@ class LCSArgs:
     beta: float = 1.0                       # endpoint regularizer β·cos²(w0, w1) for lines
     endpoint_probability: float = 0.5       # unstructured lines: P(α is an end of [low, high])
     discrete_alpha_map: bool = True         # quantized lines: α ~ {k/D} (else U[0,1])
-    norm_weight1_init: float = 0.5          # the accurate end's norm scale (0.5 cPreResNet/VGG, 1 ResNet18)
+    init: str = "cpreresnet20"              # whose constructor's initialisation the layers take: cpreresnet20 |
+                                            # vgg19 | resnet18 (line ends' weight1 and norm weight1 differ)
     topk_gradient: str = "masked"           # masked (reference: pruned weights get no gradient) | straight_through
     eval_alpha: str = "exact"               # quantized lines: α of b bits = k/D (exact) or floor(1000 k/D)/1000 (reference)
     lec_sparsity: float = 1.0e-5            # LEC: L1 strength on norm scales (network slimming's s)
@@ -131,7 +133,7 @@ def check_args(method, a):
                 _fail(key, f"width {w} is outside (0, 1]")
     if a.width_factor_samples < 2:
         _fail("width_factor_samples", "the sandwich rule needs at least 2 (both limits)")
-    a.width_factors_list = a.width_factors_list or [0.25, 0.5, 0.75, 1.0]
+    a.width_factors_list = a.width_factors_list or [1.0, 0.75, 0.5, 0.25]   # the reference's ns.yaml builder_kwargs
     # unstructured: the README's rule, bounds only with a grid
     for key in ("topk_lower_bound", "topk_upper_bound"):
         if getattr(a, key) is not None and a.eval_topk_grid is None:
@@ -160,6 +162,8 @@ def check_args(method, a):
         _fail("eval_alpha", f"{a.eval_alpha!r}: use exact or reference")
     if not 0 <= a.endpoint_probability <= 1:
         _fail("endpoint_probability", "is a probability; use 0..1")
+    if a.init not in INITS:
+        _fail("init", f"{a.init!r}: use one of {', '.join(INITS)} (the model whose reference constructor to follow)")
 
 
 def _pair(a, key, default, low, high, kind, strict=True):
@@ -204,12 +208,13 @@ class SubspaceMethod(Method):
     # -- build --------------------------------------------------------------------------------
     def build(self, model):
         a, line = self.args, self.line
+        init_like_the_reference(model)
         folds = conv_bn_pairs(model) if self.setting == "quantized" and a.fold_bn and a.norm == "BN" else {}
         for name, m in list(model.named_modules()):
             for child_name, child in list(m.named_children()):
                 if isinstance(child, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)):
                     channels = child.num_features if hasattr(child, "num_features") else child.num_channels
-                    norm = SubspaceNorm(a.norm, channels, line=line, weight1_init=a.norm_weight1_init)
+                    norm = SubspaceNorm(a.norm, channels, line=line, weight1_init=INITS[a.init])
                     setattr(m, child_name, norm.to(next(child.parameters(), torch.empty(0)).device))
         self.norms = [m for m in model.modules() if isinstance(m, SubspaceNorm)]
         layers = prunable_layers(model)
@@ -219,7 +224,7 @@ class SubspaceMethod(Method):
             p = SubspaceWeight(m.weight, line=conv_line, sparse=self.setting == "unstructured" and not edge,
                                quantized=self.setting == "quantized" and not edge,
                                slim=self.setting == "structured", first=i == 0, last=i == len(layers) - 1,
-                               topk_gradient=a.topk_gradient)
+                               topk_gradient=a.topk_gradient, init=a.init)
             parametrize.register_parametrization(m, "weight", p, unsafe=p.slim)   # sliced while training
             if p.quantized:
                 m.register_forward_pre_hook(p.quantize_input)
@@ -240,6 +245,7 @@ class SubspaceMethod(Method):
         for p in self.weights:
             p.alpha, p.topk, p.width = alpha, level.get("topk"), level.get("width")
             p.quantize_inputs = level.get("quantize_inputs", False)
+            p.restart_range = level.get("restart_range", False)
         for p, b in zip(quantized, per_layer):
             p.bits = b
         for n in self.norms:
@@ -260,10 +266,11 @@ class SubspaceMethod(Method):
 
     def forward_levels(self, model, progress):
         self._reg_pending = True
-        warm = progress.step >= self.warmup_steps(progress)
+        delay = self.warmup_steps(progress)
         for level in self.training_levels(progress):
-            if self.setting == "quantized":
-                level["quantize_inputs"] = warm       # activation quantization starts after the warmup
+            if self.setting == "quantized":       # activation quantization and its range start after the
+                level["quantize_inputs"] = progress.step >= delay     # warmup (reference iteration_delay),
+                level["restart_range"] = progress.step == delay       # from the first active batch's range
             yield self._level(level)
         self._set(self.default_level())
 
@@ -316,6 +323,16 @@ class SubspaceMethod(Method):
                 **({"endpoint_cos2": float(endpoint_cos2(pairs).detach())} if pairs else {})}
 
 
+def init_like_the_reference(model):
+    """Every conv / linear weight as the reference's Builder draws it (kaiming, fan_in); a bias
+    starts at 0 (the reference's convs and 1x1-conv classifier have none). Norms keep 1 / 0."""
+    with torch.no_grad():
+        for _, m in prunable_layers(model):
+            init_weight_(m.weight)
+            if m.bias is not None:
+                m.bias.zero_()
+
+
 def conv_bn_pairs(model):
     """{conv name: BN name} for every conv whose output goes to a BatchNorm and nowhere else (the
     pairs a ConvBn2d fuses): the BNs' producers in `norm_neighbours`."""
@@ -349,9 +366,11 @@ class _Line(SubspaceMethod):
 
 
 def sandwich_widths(a):
-    """US's sandwich rule: both limits and (samples - 2) uniform widths between, largest first."""
+    """US's sandwich rule: both limits and (samples - 2) uniform widths between, in the reference's
+    order [low, high, U, U] (train_indep.py `width_factors = [low_factor, high_factor]`;
+    train_curve.py `alphas = [0, 1]`): the passes update the shared BN statistics in turn."""
     lo, hi = a.width_factor_limits
-    return [hi, lo] + [_uniform(lo, hi) for _ in range(a.width_factor_samples - 2)]
+    return [lo, hi] + [_uniform(lo, hi) for _ in range(a.width_factor_samples - 2)]
 
 
 @register_method
@@ -380,8 +399,8 @@ class LCSLine(_Line):
 @register_method
 class LCSPoint(SubspaceMethod):
     """LCS+P: one set of weights trained at random levels (structured: US's sandwich rule with the
-    chosen norm; unstructured: TopK ~ U[low, high] after a dense warmup; quantized: each layer
-    its own random bit width after a warmup at the most bits)."""
+    chosen norm; unstructured: TopK ~ U[low, high] after a warmup at TopK = high (1 by default);
+    quantized: each layer its own random bit width after a warmup at the most bits)."""
     name = "lcs_p"
     Args = _args("lcs_p")
 
@@ -390,8 +409,8 @@ class LCSPoint(SubspaceMethod):
         warm = progress.step >= self.warmup_steps(progress)
         if self.setting == "structured":
             return [{"width": w} for w in sandwich_widths(a)]
-        if self.setting == "unstructured":
-            return [{"topk": _uniform(a.topk_lower_bound, a.topk_upper_bound) if warm else 1.0}]
+        if self.setting == "unstructured":    # the warmup at the upper bound (train_indep.py: topk_upper)
+            return [{"topk": _uniform(a.topk_lower_bound, a.topk_upper_bound) if warm else a.topk_upper_bound}]
         n = sum(p.quantized for p in self.weights)
         bits = torch.randint(self.lo_bits, self.hi_bits + 1, (n,)).tolist() if warm else self.hi_bits
         return [{"bits": bits}]
@@ -409,13 +428,13 @@ class UniversallySlimmable(SubspaceMethod):
 
 @register_method
 class Slimmable(SubspaceMethod):
-    """NS (slimmable networks, Yu et al. 2018): every width of width_factors_list each batch,
-    losses summed, one shared BN."""
+    """NS (slimmable networks, Yu et al. 2018): every width of width_factors_list each batch, in
+    the list's order (the shared BN's statistics see them in turn), losses summed."""
     name = "ns"
     Args = _args("ns")
 
     def training_levels(self, progress):
-        return [{"width": w} for w in sorted(self.args.width_factors_list, reverse=True)]
+        return [{"width": w} for w in self.args.width_factors_list]
 
 
 @register_method
@@ -489,6 +508,7 @@ class NetworkSlimming(Method):
     level_kind = "width"
 
     def build(self, model):
+        init_like_the_reference(model)
         self.neighbours = norm_neighbours(model)
         return model
 

@@ -13,7 +13,8 @@ twice). `SubspaceNorm` always slices (its statistics and running buffers cover o
 channels, as the reference's AdaptiveBN/IN do) and zero-pads a full-width input.
 
 The method sets the level attributes (`alpha`, `topk`, `bits`, `width`) on every layer before a
-forward pass, as the reference sets `alpha` on each module."""
+forward pass, as the reference sets `alpha` on each module. Layers start as the reference's
+builder and network constructors leave them (`init_weight_`, `init_weight1_`, `INITS`)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,6 +22,32 @@ import torch.nn.functional as F
 from .masking import magnitude_mask
 
 NORM_KINDS = ("BN", "IN", "GN")
+# the reference's network constructors -> the scale its norms' second end (weight1) starts at
+# (cpreresnet.py / vgg.py fill 0.5; resnet.py leaves the TwoParam* norms' 1)
+INITS = {"cpreresnet20": 0.5, "vgg19": 0.5, "resnet18": 1.0}
+
+
+# -- the reference's initialisation ---------------------------------------------------------------
+def init_weight_(w):
+    """Every conv's `weight` as the reference's Builder.conv leaves it (models/init.py:
+    nn.init.kaiming_normal_ with PyTorch's defaults: fan_in, gain sqrt(2)): N(0, sqrt(2/(in·k·k))).
+    A Linear classifier has the fan_in of the reference's 1x1-conv classifier (in·1·1)."""
+    nn.init.kaiming_normal_(w)
+
+
+def init_weight1_(w1, init, last):
+    """A line's second end `weight1` as the reference's constructors leave it:
+    cpreresnet.py re-draws it N(0, sqrt(2/(k·k·out))) in every conv but the classifier (`m != self.fc`),
+    vgg.py the same and N(0, 0.01) in the classifier (`m.last_layer`); resnet.py keeps the builder's
+    `initialize` (kaiming, as `weight`). k·k·out is the fan_out, of a Linear too (out·1·1)."""
+    if init not in INITS:
+        raise ValueError(f"init {init!r}: use one of {', '.join(INITS)}")
+    if init == "resnet18" or (init == "cpreresnet20" and last):
+        init_weight_(w1)
+    elif init == "vgg19" and last:
+        nn.init.normal_(w1, 0.0, 0.01)
+    else:
+        nn.init.kaiming_normal_(w1, mode="fan_out", nonlinearity="relu")
 
 
 # -- the compression operators, as functions (the tests check them against the reference's values) --
@@ -83,19 +110,21 @@ class SubspaceWeight(nn.Module):
     this layer (the reference keeps the first conv and the classifier dense and float)."""
 
     def __init__(self, weight, line=False, sparse=False, quantized=False, slim=False, first=False,
-                 last=False, topk_gradient="masked"):
+                 last=False, topk_gradient="masked", init="cpreresnet20"):
         super().__init__()
         self.sparse, self.quantized, self.slim = sparse, quantized, slim
         self.first, self.last, self.topk_gradient = first, last, topk_gradient
         self.weight1 = None
-        if line:   # the reference's re-init of the second end: N(0, sqrt(2 / (k·k·out)))
-            self.weight1 = nn.Parameter(torch.empty_like(weight))
-            if weight.dim() > 1:
-                nn.init.kaiming_normal_(self.weight1, mode="fan_out", nonlinearity="relu")
+        if line:
+            self.weight1 = nn.Parameter(torch.zeros_like(weight))
+            if weight.dim() > 1:       # a conv / linear weight (tests also line up plain vectors)
+                with torch.no_grad():
+                    init_weight1_(self.weight1, init, last)
         if quantized:   # activation range of this layer's input (EMA of batch min/max)
             self.register_buffer("act_min", torch.zeros((), device=weight.device))
             self.register_buffer("act_max", torch.zeros((), device=weight.device))
-        self.alpha, self.topk, self.bits, self.width, self.quantize_inputs = 1.0, None, None, None, False
+        self.alpha, self.topk, self.bits, self.width = 1.0, None, None, None
+        self.quantize_inputs = self.restart_range = False
         self.folded_norm = ()   # (the BN this layer's output feeds,) when its scale is folded in
 
     def fold(self, norm):
@@ -137,21 +166,23 @@ class SubspaceWeight(nn.Module):
                 w.shape[1] if self.first else kept_channels(w.shape[1], self.width))
 
     def quantize_input(self, module, inputs):
-        """Forward pre-hook: quantize the layer's input to its bit width with the running range;
-        the range follows the batches while training, the quantization starts once
-        `quantize_inputs` is set (after the warmup) and always applies in eval."""
+        """Forward pre-hook: quantize the layer's input to its bit width with the running range
+        (reference QuantizeAffine). While training, nothing happens before `quantize_inputs` is set
+        (the iteration delay: the range is not tracked either); the first active batch
+        (`restart_range`) sets the range to its own [min(x,0), max(x,0)], later ones move it by
+        the EMA 0.9·range + 0.1·batch. Eval always quantizes; an unset range (0, 0) leaves x as is."""
         if not self.quantized or self.bits is None:
             return None
         x = inputs[0]
         if module.training:
+            if not self.quantize_inputs:
+                return None
             with torch.no_grad():
                 lo, hi = x.detach().min().clamp(max=0), x.detach().max().clamp(min=0)
-                if self.act_min == 0 and self.act_max == 0:
+                if self.restart_range:
                     self.act_min.copy_(lo), self.act_max.copy_(hi)
                 else:
                     self.act_min.lerp_(lo, 0.1), self.act_max.lerp_(hi, 0.1)
-            if not self.quantize_inputs:
-                return None
         return (quantize_ste(x, self.bits, self.act_min, self.act_max), *inputs[1:])
 
 

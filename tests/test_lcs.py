@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 import models
 from harness.metrics import flops, layer_sparsity, model_size, prunable_layers, sparsity_summary
@@ -155,6 +156,75 @@ def built(name, width=0.25, **args):
     return model.eval(), method
 
 
+# -- initialisation: the reference's Builder and network constructors ------------------------------
+# models/builder.py:119 `self.conv_init(conv.weight)` and :120-121 `conv.initialize(self.conv_init)`
+# (both ends), with models/init.py:8-11 `nn.init.kaiming_normal_(weight)` (fan_in, gain sqrt(2));
+# then cpreresnet.py:148-154 `if isinstance(m, nn.Conv2d) and m != self.fc: n = k*k*out_channels;
+# weight{i}.normal_(0, sqrt(2/n))` for i >= 1 (weight1 only), :156-163 norm weight1 0.5, bias1 0;
+# vgg.py:118-151 the same, with `if m.last_layer: weight{i}.normal_(0, 0.01)`; resnet.py: no loop.
+def fan_in(w):
+    return w[0].numel()                      # in·k·k (a Linear: in, the 1x1 conv's)
+
+
+def fan_out(w):
+    return w.shape[0] * w[0, 0].numel()      # k·k·out (a Linear: out)
+
+
+def reference_std(end, init, last, w):
+    if end == 0 or init == "resnet18" or (init == "cpreresnet20" and last):
+        return (2 / fan_in(w)) ** 0.5
+    if init == "vgg19" and last:
+        return 0.01
+    return (2 / fan_out(w)) ** 0.5
+
+
+def assert_reference_init(model, init, line):
+    layers = prunable_layers(model)
+    for i, (name, m) in enumerate(layers):
+        p = m.parametrizations.weight if parametrize.is_parametrized(m, "weight") else None
+        ends = [p.original if p is not None else m.weight] + ([p[0].weight1] if line else [])
+        for end, w in enumerate(ends):
+            expected = reference_std(end, init, i == len(layers) - 1, w)
+            tolerance = max(0.03, 4 / (2 * w.numel()) ** 0.5)     # 4 standard errors of a sample std
+            assert abs(w.std().item() / expected - 1) < tolerance, (name, end, w.std().item(), expected)
+            assert abs(w.mean().item()) < 4 * expected / w.numel() ** 0.5, (name, end)
+        if getattr(m, "bias", None) is not None:
+            assert m.bias.eq(0).all(), name     # the reference's 1x1-conv classifier has no bias
+
+
+@pytest.mark.parametrize("name, args, line", [
+    ("lcs_l", {"setting": "unstructured"}, True), ("lcs_l", {"setting": "quantized"}, True),
+    ("lcs_l", {"setting": "structured"}, False),       # only its norms are a line
+    ("lcs_p", {"setting": "unstructured"}, False), ("us", {}, False), ("ns", {}, False), ("lec", {}, False),
+    ("target_topk", {}, False), ("target_bit_width", {}, False),
+])
+def test_full_size_cpreresnet20_starts_at_the_reference_init(name, args, line):
+    torch.manual_seed(0)
+    model = lcs(name, **args).build(models.create_model("cpreresnet20", 10, 3))
+    assert_reference_init(model, "cpreresnet20", line)
+    fc = model.fc.parametrizations.weight if name != "lec" else None
+    if line:     # the classifier's second end: kaiming fan_in, sqrt(2/256), not 5x that (sqrt(2/10))
+        assert fc[0].weight1.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.05)
+        assert fc.original.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("model_name, init, width, norm_weight1", [
+    ("vgg19", "vgg19", 0.25, 0.5), ("resnet18", "resnet18", 0.5, 1.0), ("cpreresnet20", "cpreresnet20", 1.0, 0.5)])
+def test_line_layers_start_at_their_constructors_init(model_name, init, width, norm_weight1):
+    torch.manual_seed(0)
+    method = lcs("lcs_l", setting="unstructured", init=init)
+    model = method.build(models.create_model(model_name, 100, 3, width=width))
+    assert_reference_init(model, init, line=True)
+    for n in method.norms:      # the norms: weight 1, bias 0 at both ends but weight1
+        assert n.weight.eq(1).all() and n.bias.eq(0).all() and n.bias1.eq(0).all()
+        assert n.weight1.eq(norm_weight1).all()
+
+
+def test_structured_line_norms_start_at_half():
+    _, method = built("lcs_l", setting="structured")
+    assert all(n.weight1.eq(0.5).all() and n.bias1.eq(0).all() and n.weight.eq(1).all() for n in method.norms)
+
+
 def endpoint_network(line_model, end, setting, norm):
     """A network of plain (non-line) layers holding one end of the line's weights."""
     point, method = built("lcs_p", setting=setting, norm=norm)
@@ -268,11 +338,44 @@ def test_activation_quantization_waits_for_the_warmup_in_training_only():
         with level:
             assert p.quantize_inputs is False and p.bits == 6
             model(x)
-    assert p.act_max > 0
+    assert p.act_min == 0 and p.act_max == 0          # not tracked before the delay (reference QuantizeAffine)
     after = Progress(epoch=0, step=9, steps_per_epoch=10, epochs=1)
     for level in method.forward_levels(model, after):
         with level:
             assert p.quantize_inputs is True
+
+
+def identity_stem_net():
+    """float 1x1 stem (set to the identity) -> one quantized 1x1 conv -> linear: the quantized
+    layer's input is the batch itself."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 2, 1, bias=False), nn.Conv2d(2, 2, 1, bias=False),
+                         nn.Flatten(), nn.Linear(2 * 2 * 2, 2))
+
+
+def test_activation_range_starts_at_the_delay_from_the_batch_range():
+    """reference models/quantize_affine.py QuantizeAffine.forward: while training, only once
+    `iteration_count >= iteration_delay`; `if self.iteration_count == self.iteration_delay:` the
+    batch's [min(x,0), max(x,0)], else (1-0.1)·running + 0.1·batch. Delay = ceil(50 % of 4 steps) = 2."""
+    model, method = identity_stem_net(), lcs("target_bit_width", bit_width=4, warmup_budget=50)
+    method.build(model).train()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+    p = method.weights[1]
+    batches = [(-1.0, 2.0), (-3.0, 1.0), (-0.5, 4.0), (-2.0, 2.0), (0.5, 1.0)]    # (min, max) of each batch
+    expected = [(0, 0), (0, 0), (-0.5, 4.0), (-0.65, 3.8), (-0.585, 3.52)]      # 0.9·(-0.65) + 0.1·0 (0 forced in)
+    seen = []      # what the quantized conv computes with (this hook runs after the quantizing one)
+    hook = model[1].register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
+    for step, ((lo, hi), (e_lo, e_hi)) in enumerate(zip(batches, expected)):
+        x = torch.full((1, 2, 2, 2), (lo + hi) / 2)
+        x[0, 0, 0, 0], x[0, 1, 1, 1] = lo, hi
+        for level in method.forward_levels(model, Progress(epoch=0, step=step, steps_per_epoch=4, epochs=1)):
+            with level:
+                model(x)
+        assert (p.act_min.item(), p.act_max.item()) == (pytest.approx(e_lo), pytest.approx(e_hi)), step
+        quantized = quantize_affine(x, 4, e_lo, e_hi)
+        assert torch.allclose(seen[-1], x if step < 2 else quantized, atol=1e-6), step     # float before the delay
+    hook.remove()
 
 
 # -- LEC ------------------------------------------------------------------------------------------
@@ -397,10 +500,10 @@ def levels(method, progress=AFTER):
 
 
 @pytest.mark.parametrize("method_name, args, check", [
-    ("ns", {"width_factors_list": [0.3, 1.0]}, lambda m: [lv["width"] for lv in levels(m)] == [1.0, 0.3]),
-    ("us", {"width_factor_limits": [0.5, 0.9]}, lambda m: [lv["width"] for lv in levels(m)][:2] == [0.9, 0.5]),
+    ("ns", {"width_factors_list": [0.3, 1.0]}, lambda m: [lv["width"] for lv in levels(m)] == [0.3, 1.0]),
+    ("us", {"width_factor_limits": [0.5, 0.9]}, lambda m: [lv["width"] for lv in levels(m)][:2] == [0.5, 0.9]),
     ("lcs_l", {"setting": "structured", "width_factor_limits": [0.5, 1.0]},
-     lambda m: m.eval_level(0.75)["alpha"] == 0.5 and levels(m)[1] == {"alpha": 0.0, "width": 0.5}),
+     lambda m: m.eval_level(0.75)["alpha"] == 0.5 and levels(m)[0] == {"alpha": 0.0, "width": 0.5}),
     ("lcs_p", {"setting": "structured", "width_factor_samples": 6}, lambda m: len(levels(m)) == 6),
     ("lec", {"eval_width_factors": [0.3, 1.0]}, lambda m: m.evaluation_points() == [0.3, 1.0]),
     ("us", {"eval_width_factors": [0.3, 1.0]}, lambda m: m.evaluation_points() == [0.3, 1.0]),
@@ -408,7 +511,8 @@ def levels(method, progress=AFTER):
     ("target_topk", {"eval_topk_grid": [0.1, 0.5]}, lambda m: m.evaluation_points() == [0.1, 0.5]),
     ("lcs_p", {"setting": "unstructured", "topk_lower_bound": 0.005, "topk_upper_bound": 0.05,
                "eval_topk_grid": [0.005, 0.05]},
-     lambda m: all(0.005 <= levels(m)[0]["topk"] <= 0.05 for _ in range(50)) and levels(m, BEFORE) == [{"topk": 1.0}]),
+     lambda m: all(0.005 <= levels(m)[0]["topk"] <= 0.05 for _ in range(50)) and levels(m, BEFORE) == [{"topk": 0.05}]),
+    ("lcs_p", {"setting": "unstructured"}, lambda m: levels(m, BEFORE) == [{"topk": 1.0}]),
     ("lcs_l", {"setting": "unstructured", "topk_lower_bound": 0.1, "eval_topk_grid": [0.1, 1.0]},
      lambda m: min(levels(m)[0]["alpha"] for _ in range(200)) == 0.1),
     ("target_bit_width", {"bit_width": 4}, lambda m: levels(m) == [{"bits": 4}]),
@@ -424,7 +528,8 @@ def levels(method, progress=AFTER):
     ("lcs_p", {"setting": "unstructured"}, lambda m: {n.kind for n in m.norms} == {"GN"}),
     ("lcs_p", {"setting": "structured"}, lambda m: {n.kind for n in m.norms} == {"IN"}),
     ("lcs_l", {"setting": "unstructured", "warmup_budget": 50}, lambda m: m.warmup_steps(AFTER) == 50),
-    ("lcs_l", {"setting": "unstructured", "norm_weight1_init": 1.0}, lambda m: m.norms[0].weight1[0] == 1.0),
+    ("lcs_l", {"setting": "unstructured", "init": "resnet18"}, lambda m: m.norms[0].weight1.eq(1.0).all()),
+    ("lcs_l", {"setting": "unstructured"}, lambda m: m.norms[0].weight1.eq(0.5).all()),
     ("target_bit_width", {}, lambda m: sum(bool(p.folded_norm) for p in m.weights) == 12),
     ("target_bit_width", {"fold_bn": False}, lambda m: not any(p.folded_norm for p in m.weights)),
 ])
@@ -432,6 +537,42 @@ def test_every_option_reaches_the_run(method_name, args, check):
     torch.manual_seed(0)
     _, method = build_model(spec(method_name, **args), INFO, torch.device("cpu"))
     assert check(method)
+
+
+@pytest.mark.parametrize("name, args", [("us", {}), ("lcs_p", {"setting": "structured"}),
+                                        ("lcs_l", {"setting": "structured"}), ("ns", {}),
+                                        ("ns", {"width_factors_list": [0.25, 0.5, 0.75, 1.0]})])
+def test_sandwich_passes_run_in_the_reference_order(name, args):
+    """The passes share the BN statistics, so their order counts: train_indep.py `us` branch
+    `width_factors = [low_factor, high_factor]` + (samples-2)·U; train_curve.py `alphas = [0, 1]` + U;
+    NS: `for width_factor in regime_params["width_factors_list"]` (ns.yaml: [1.0, 0.75, 0.50, 0.25])."""
+    model, method = built(name, **args)
+    widths = []
+    for level in method.forward_levels(model, AFTER):
+        with level:
+            widths.append(method.norms[0].width)
+    if name == "ns":
+        assert widths == (args.get("width_factors_list") or [1.0, 0.75, 0.5, 0.25])
+    else:
+        assert widths[:2] == [0.25, 1.0] and len(widths) == 4 and all(0.25 <= w <= 1 for w in widths[2:])
+
+
+def test_sandwich_order_changes_the_shared_statistics():
+    """Why the order matters: a narrow pass feeds the shared BN other activations than the full
+    one, and its EMA weighs the later pass more (0.1·b + 0.09·a after a then b)."""
+    torch.manual_seed(0)
+    model, method = built("us")
+    model.train()
+    x = torch.randn(8, 1, 28, 28)
+    stats = []
+    for order in ([0.25, 1.0], [1.0, 0.25]):
+        for n in method.norms:
+            n.running_mean.zero_()
+        for w in order:
+            with torch.no_grad(), method._level({"width": w}):
+                model(x)
+        stats.append(method.norms[-1].running_mean.clone())
+    assert not torch.allclose(stats[0], stats[1])
 
 
 @pytest.mark.parametrize("method_name, args, message", [
@@ -454,6 +595,7 @@ def test_every_option_reaches_the_run(method_name, args, check):
     ("target_topk", {"topk": 1.5}, "method_args.topk: 1.5 is the fraction of weights kept"),
     ("lcs_l", {"setting": "unstructured", "warmup_budget": 120}, "method_args.warmup_budget"),
     ("lcs_p", {"setting": "unstructured", "fold_bn": False}, "method_args.fold_bn: does not apply to method 'lcs_p' (unstructured)"),
+    ("us", {"init": "resnet50"}, "method_args.init: 'resnet50': use one of cpreresnet20, vgg19, resnet18"),
 ])
 def test_invalid_combinations_fail_with_one_line(method_name, args, message):
     with pytest.raises(ValueError) as err:
