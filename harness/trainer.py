@@ -2,7 +2,8 @@
 the trainer owns data, optimisation, mixed precision, checkpoints and resume, and progress output.
 
 A run folder holds spec.json, checkpoint.pt (rolling, every epoch, written atomically), train.json
-(the per-epoch history) and model.pt (the trained model with its method's state).
+(the per-epoch history) and model.pt (the trained model with its method's state, and what the
+stage it started from handed over: Method.inherited).
 
 Several GPUs: the train rule starts one process per GPU under torchrun (harness/scheduling.py:
 launcher), which sets RANK, LOCAL_RANK and WORLD_SIZE; each process trains on cuda:LOCAL_RANK (NCCL;
@@ -56,14 +57,16 @@ def seed_everything(seed, device):
         torch.use_deterministic_algorithms(True)
 
 
-def build_model(spec: RunSpec, info, device, init_state=None, budget_file=None):
-    """Model from the registry, optional starting weights, then the method's changes."""
+def build_model(spec: RunSpec, info, device, init_state=None, budget_file=None, inherited=None):
+    """Model from the registry, optional starting weights, then the method's changes; `inherited`
+    is what the stage it starts from handed over with those weights (Method.handoff)."""
     model = models.create_model(spec.model, num_classes=info.num_classes, in_channels=info.shape[0],
                                 **_model_kwargs(spec, info))
     if init_state is not None:
         models.load_mapped(model, init_state, f"the starting weights of {spec.row} ({spec.init})")
     method = methods.get_method(spec.method)
     method = method(method.Args(**spec.method_args), spec.budget, budget_file)
+    method.inherited = dict(inherited or {})
     model = method.build(model).to(device)
     if uses_conv(model):  # NHWC convolutions and pooling are faster on CUDA and on CPU (1.4x for LeNet-5)
         model = model.to(memory_format=torch.channels_last)
@@ -123,7 +126,7 @@ def load_trained(path, info, device="cpu"):
     """A trained model.pt rebuilt with the method that trained it, its state restored."""
     saved = io.load_torch(path, "trained model")
     spec = RunSpec(**saved["spec"])
-    model, method = build_model(spec, info, torch.device(device))
+    model, method = build_model(spec, info, torch.device(device), inherited=saved.get("inherited"))
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as err:
@@ -133,12 +136,13 @@ def load_trained(path, info, device="cpu"):
     return model, method
 
 
-def finalized_state(path, info):
-    """Plain weights of a trained model after its method's finalize (masks baked, values
-    quantized): what a following stage (finetune, the next compression rate) starts from."""
+def handed_over(path, info):
+    """What a following stage (finetune, the next compression rate) starts from: the plain weights
+    of a trained model after its method's `handoff` (by default `finalize`: masks baked, values
+    quantized), and the facts handed over with them (e.g. ADMM's bit widths)."""
     model, method = load_trained(path, info)
-    method.finalize(model)
-    return {k: v.contiguous() for k, v in model.state_dict().items()}
+    facts = method.handoff(model)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}, dict(facts or {})
 
 
 def _model_kwargs(spec, info):
@@ -201,13 +205,13 @@ class Trainer:
         self.train_loader, self.test_loader, self.info = loaders_for(
             spec, self.device, self.cfg.batch_size, self.cfg.eval_batch_size)
         self.train_loader.shard(self.rank, self.world)
-        init_state = finalized_state(init_path, self.info) if init_path else None
+        init_state, inherited = handed_over(init_path, self.info) if init_path else (None, {})
         if spec.init == models.TORCHVISION_INIT:
             init_state = models.torchvision_state(spec.model)
         if spec.budget.get("transfer") and budget_file is None:
             raise HarnessError(f"budget transfer from row {spec.budget['transfer']!r} needs that run's budget.csv "
                                f"(--budget-file)")
-        self.model, self.method = build_model(spec, self.info, self.device, init_state, budget_file)
+        self.model, self.method = build_model(spec, self.info, self.device, init_state, budget_file, inherited)
         groups = self.method.param_groups(self.model, self.cfg.weight_decay, self.cfg.norm_decay)
         self.optimizer = make_optimizer(self.cfg, groups)
         self.lr_at = LRSchedule(self.cfg.lr, self.cfg.epochs, self.cfg.schedule, self.cfg.warmup_epochs,
@@ -318,9 +322,13 @@ class Trainer:
         return t.unbind()
 
     def test_top1(self):
-        """Test accuracy of the unwrapped model; under DDP on rank 0 alone, over the whole test set
-        (the number one process gets), sent to the other ranks so that every history is the same."""
-        top1 = accuracy(self.model, self.test_loader, topk=(1,))["top1"] if self.rank == 0 else None
+        """Test accuracy of the unwrapped model, as the method's `eval_model` gives it; under DDP on
+        rank 0 alone, over the whole test set (the number one process gets), sent to the other ranks
+        so that every history is the same."""
+        top1 = None
+        if self.rank == 0:
+            with self.method.eval_model(self.model) as model:   # e.g. ADMM's quantized copy
+                top1 = accuracy(model, self.test_loader, topk=(1,))["top1"]
         if self.world > 1:
             box = [top1]
             dist.broadcast_object_list(box, src=0)
@@ -376,7 +384,7 @@ class Trainer:
                    "device": str(self.device), "precision": self.precision, "threads": torch.get_num_threads()}
         if self.rank == 0:
             io.save_torch({"state_dict": self.model.state_dict(), "method": self.method.state_dict(),
-                           "spec": asdict(self.spec)}, self.out / "model.pt")
+                           "spec": asdict(self.spec), "inherited": self.method.inherited}, self.out / "model.pt")
             io.save_json(summary, self.out / "train.json")
         if self.world > 1:
             digests = os.environ.get("HARNESS_RANK_DIGESTS")  # for tests: each rank's final weights

@@ -20,15 +20,23 @@ Steps 2 and 3 also run after the very first step (`project_first_step`, as train
 it starts from a pretrained model, which every README command does).
 
 `finalize` leaves W pruned under the budget and quantized with its final bits (fresh codebooks on
-W, as the reference's evaluation copy), so evaluation and a following stage see the compressed
-model. Modes: joint (default), prune (`--prune`: 32-bit weights, only the pruning projection, no
-V/U) and quantize (`--quant`: every weight stored, codebooks without a reserved zero, no pruning).
+W, as the reference's evaluation copy): the model evaluated, whose accuracy is `top1`. Each epoch's
+test accuracy is measured on such a quantized copy too (`eval_model`, train.py's per-epoch
+evaluation), so `best_top1` is the best quantized epoch (the reference's model_best, a test-set
+selection). A following stage (`init: <this row>`) starts, as train.py's chain does from
+model_latest.pt, from W pruned but NOT quantized (`handoff: unquantized`; `quantized` hands over
+the finalized model instead), with the final bit widths handed over as `weight_bits` (the model's
+`weight_bits` buffer the reference's finetune.py reads).
+
+Modes: joint (default), prune (`--prune`: 32-bit weights, only the pruning projection, no V/U) and
+quantize (`--quant`: every weight stored, codebooks without a reserved zero, no pruning).
 
 Reference behaviours kept: weight decay on every parameter named `*weight` (norm weights too) and
 none on biases (train.py's `apply_weight_decay`); the first pruning uses floor(bit_budget) bits per
 weight (`model_size_lb`); knowledge distillation adds T * mean CE(softmax(t/T), log_softmax(s/T))
 (weight T, not T^2). The teacher is the model as this stage starts (its `init`), where the
 reference always uses torchvision's pretrained AlexNet."""
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -43,6 +51,7 @@ from .quantize import (allocate_bits, bits_used, compression_rate, eval_bits, la
                        quantize_with_bits, MAX_BITS)
 
 MODES = ("joint", "prune", "quantize")
+HANDOFFS = ("unquantized", "quantized")
 
 
 @dataclass
@@ -58,6 +67,8 @@ class ADMMArgs:
     kdtemp: float = 0.0              # --kdtemp T: distillation from the starting model; 0 = off
     project_first_step: bool = True  # project after the first step too (train.py with --pretrain)
     off_by_one: bool = False         # keep one weight fewer than fits, as quantized_sparsify does
+    handoff: str = "unquantized"     # what a following stage starts from: unquantized (train.py's
+                                     # model_latest.pt: W pruned, not quantized) | quantized (finalized)
 
 
 @register_method
@@ -101,6 +112,8 @@ class ADMM(Method):
             raise ValueError(f"admm mode {a.mode!r} unknown; use joint, prune or quantize")
         if not 1 <= a.bwlb <= MAX_BITS:
             raise ValueError(f"admm: method_args.bwlb {a.bwlb} is outside 1..{MAX_BITS}")
+        if a.handoff not in HANDOFFS:
+            raise ValueError(f"admm: method_args.handoff {a.handoff!r} unknown; use unquantized or quantized")
         if a.rho < 0 or a.kdtemp < 0:
             raise ValueError("admm: method_args.rho and kdtemp must be >= 0")
         return a.mode
@@ -251,16 +264,53 @@ class ADMM(Method):
         """W pruned under the budget with the final bits (a no-op when the last step's projection
         already fits it, as it does after training) and quantized with fresh codebooks for those
         bits; quantizing only ever turns nonzeros into zeros, so the budget still holds."""
-        weights = self._weights()
+        self._prune_to_final_bits()
+        self._quantize_in_place()
         if self.args.mode != "quantize":
+            self.nnz = [int((w != 0).sum()) for w in self._weights()]
+
+    def _prune_to_final_bits(self):
+        if self.args.mode != "quantize":
+            weights = self._weights()
             pruned, self.nnz = prune_projection(weights, self.bits, self.total_bits)
             for w, p in zip(weights, pruned):
                 w.copy_(p)
+
+    def _quantize_in_place(self):
+        """Each layer onto a fresh codebook for its bits (util.quantize_with_bits); none in prune mode."""
         if self.uses_admm:
+            weights = self._weights()
             for w, q in zip(weights, quantize_with_bits(weights, self.bits, self.args.mode == "joint")):
                 w.copy_(q)
-        if self.args.mode != "quantize":
-            self.nnz = [int((w != 0).sum()) for w in weights]
+
+    @torch.no_grad()
+    def handoff(self, model):
+        """What a following stage starts from: train.py's model_latest.pt, W pruned under the final
+        bits but not quantized (`handoff: quantized`: the finalized model), and the bit widths, which
+        finetune.py reads from the model's `weight_bits` buffer (a next ADMM stage ignores them:
+        train.py starts every layer at floor(bit_budget))."""
+        if self.args.handoff == "quantized":
+            self.finalize(model)
+        else:
+            self._prune_to_final_bits()
+        return {"weight_bits": list(self.bits)} if self.uses_admm else {}
+
+    @contextlib.contextmanager
+    def eval_model(self, model):
+        """The model with W quantized for the epoch's test, then W restored: train.py evaluates a
+        copy quantized with the current bits on fresh codebooks (quantize_with_bits on W, not V)."""
+        if not self.uses_admm:
+            yield model
+            return
+        with torch.no_grad():
+            saved = [w.detach().clone() for w in self._weights()]
+            self._quantize_in_place()
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for w, s in zip(self._weights(), saved):
+                    w.copy_(s)
 
     def stored(self):
         """Weights that cost bits per layer: the nonzeros, or every weight in quantization only."""

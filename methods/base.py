@@ -50,6 +50,8 @@ class Method:
     level_kind = None         # what evaluation_points' levels are: None, "width", "topk" or "bits"
     Args = NoArgs             # the method's own hyperparameters (a dataclass), from `method_args`
     budget_keys: dict = {}    # budget key -> Budget
+    inherited: dict = {}      # what the stage this run starts from handed over (its `handoff`); the
+                              # trainer sets it per instance before `build` (never changed in place)
 
     def __init__(self, args=None, budget=None, budget_file=None):
         self.args = args if args is not None else self.Args()
@@ -95,6 +97,18 @@ class Method:
     def finalize(self, model):
         """Hard pruning or quantization before the final evaluation."""
         pass
+
+    def handoff(self, model):
+        """Turn the trained `model` (in place) into what a following stage (a row with `init: <this
+        row>`) starts from, and return the facts that stage's method reads as `inherited` (e.g.
+        the bit widths). Default: the finalized model, no facts."""
+        self.finalize(model)
+        return {}
+
+    def eval_model(self, model):
+        """Context giving the model the trainer measures each epoch's test accuracy on (and so
+        `best_top1`). Default: the model as it is."""
+        return contextlib.nullcontext(model)
 
     def evaluation_points(self):
         """Compression levels to evaluate at; one row of results each. None = the model as is."""

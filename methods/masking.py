@@ -42,9 +42,10 @@ def magnitude_mask(scores, n_pruned):
     return mask.view(scores.shape)
 
 
-def bake_masks(model):
-    """Make zeros permanent: multiply each mask in and drop the parametrizations."""
-    for _, m in prunable_layers(model):
+def bake_masks(model, modules=None):
+    """Make zeros permanent: multiply each mask in and drop the parametrizations, on `modules`
+    ((name, module) pairs; default: every prunable layer)."""
+    for _, m in prunable_layers(model) if modules is None else modules:
         for attr in ("weight", "bias"):
             if parametrize.is_parametrized(m, attr):
                 parametrize.remove_parametrizations(m, attr, leave_parametrized=True)

@@ -163,6 +163,15 @@ def fit_codebook(sv, bits, iters=KMEANS_ITERS, tol=KMEANS_TOL):
     book = torch.cat([zero, torch.linspace(float(v[0]), float(v[-1]), levels, dtype=v.dtype, device=v.device)])
     fixed = torch.zeros_like(book, dtype=torch.bool)
     fixed[:zero.numel()] = True                       # the anchored zero
+    return lloyd(sv, book, fixed, iters, tol)
+
+
+def lloyd(sv, book, fixed, iters=KMEANS_ITERS, tol=KMEANS_TOL):
+    """Lloyd iterations on a `SortedValues` from `book` (entries marked `fixed` never move), as
+    util.zerok_means1D runs them: each iteration first assigns every value to its nearest centroid
+    and measures the squared error, returns if that changed by less than `tol` relative to the
+    previous iteration's, and otherwise moves each centroid that has values to their mean (an
+    emptied one keeps its place). Returns (sorted book, its squared error)."""
     previous = None
     for _ in range(iters):
         book, order = torch.sort(book, stable=True)
@@ -202,18 +211,21 @@ def quantize_tensor(x, bits, zero_anchored=True):
     return assign(x, book, zero_anchored)[0], sse
 
 
-def refine_codebook(x, codebook, iters):
-    """`iters` Lloyd iterations on the nonzero entries of `x`, warm-started from `codebook` (the
-    reference finetune.py's periodic codebook refresh); a centroid left without values stays put."""
-    sv = SortedValues(x[x != 0], zero_anchored=False)
-    book = torch.sort(codebook.detach().double()).values
-    for _ in range(iters):
-        n, s, _ = sv.runs(book)
-        moved = torch.sort(torch.where(n > 0, s / n.clamp_min(1), book)).values
-        if torch.equal(moved, book):
-            break
-        book = moved
-    return book.to(codebook.dtype)
+def refine_codebook(x, codebook, iters, zero_anchored=True):
+    """At most `iters` Lloyd iterations on the nonzero entries of `x`, warm-started from `codebook`
+    (finetune.py's codebook refresh: get_optim_val_dict(W, bits, niter, val_dict=previous)), with
+    the same stopping rule as a fresh fit. zero_anchored: the codebook's 0 stays a fixed candidate,
+    so small weights keep snapping to it (finetune.py without --quant); otherwise every centroid
+    moves and only exact zeros are left out. Returns the sorted codebook in its own dtype."""
+    sv = SortedValues(x, zero_anchored) if zero_anchored else SortedValues(x[x != 0], zero_anchored=False)
+    book = torch.sort(codebook.detach().to(sv.values.device, torch.float64)).values
+    if sv.values.numel() == 0:
+        return book.to(codebook.dtype)
+    fixed = torch.zeros_like(book, dtype=torch.bool)
+    zeros = (book == 0).nonzero()
+    if zero_anchored and len(zeros):
+        fixed[int(zeros[0])] = True                   # the reserved 0 (util.zerok_means1D: val_dict[0])
+    return lloyd(sv, book, fixed, iters)[0].to(codebook.dtype)
 
 
 def quantize_with_bits(tensors, bits, zero_anchored=True):

@@ -164,14 +164,18 @@ def test_zero_anchored_kmeans_reference_example():
     assert sse == pytest.approx(0.08)
 
 
-def reference_lloyd(x, bits, zero_anchored=True, iters=100, tol=1e-3):
+def reference_lloyd(x, bits, zero_anchored=True, iters=100, tol=1e-3, init=None):
     """util.zerok_means1D written out plainly: dense distances, argmin, fixed 0 at index 0 (when
-    zero-anchored), linspace init, stop on a relative SSE change < tol; empty clusters stay put."""
+    zero-anchored), linspace init (or `init`, finetune.py's warm start: val_dict=previous, 0 first),
+    stop on a relative SSE change < tol; empty clusters stay put."""
     x = x.flatten().double()
-    if zero_anchored:
-        x = x[x.abs() >= 1e-5]
+    x = x[x.abs() >= 1e-5] if zero_anchored else x
     head = [torch.zeros(1, dtype=x.dtype)] if zero_anchored else []
-    book = torch.cat(head + [torch.linspace(float(x.min()), float(x.max()), 2 ** bits, dtype=x.dtype)])
+    if init is not None:
+        book = init.double().clone()
+        book = torch.cat(head + [book[book != 0]]) if zero_anchored else book   # its 0 first (val_dict[0] == 0)
+    else:
+        book = torch.cat(head + [torch.linspace(float(x.min()), float(x.max()), 2 ** bits, dtype=x.dtype)])
     previous = None
     for _ in range(iters):
         dist, code = ((x[:, None] - book[None, :]) ** 2).min(1)
@@ -508,35 +512,121 @@ def quantized_sparse_linear():
 
 def test_refine_codebook_moves_each_centroid_to_its_values_mean():
     x = torch.tensor([0.0, 1.0, 1.2, 3.0, 3.4, 0.0])
-    book = refine_codebook(x, torch.tensor([1.0, 3.0]), iters=1)
+    book = refine_codebook(x, torch.tensor([1.0, 3.0]), iters=1, zero_anchored=False)
     assert torch.allclose(book, torch.tensor([1.1, 3.2]))      # zeros take no part
-    assert torch.allclose(refine_codebook(x, torch.tensor([0.0, 2.0]), iters=5), torch.tensor([1.1, 3.2]))
-    assert torch.equal(refine_codebook(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 5.0]), 3),
+    assert torch.allclose(refine_codebook(x, torch.tensor([0.0, 2.0]), 5, zero_anchored=False),
+                          torch.tensor([1.1, 3.2]))
+    # zero-anchored, the 0 never moves: 1.0 (halfway, to the lower) and later 1.2 end on it
+    assert torch.allclose(refine_codebook(x, torch.tensor([0.0, 2.0]), 5), torch.tensor([0.0, 3.2]))
+    assert torch.equal(refine_codebook(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 5.0]), 3, zero_anchored=False),
                        torch.tensor([1.0, 5.0]))               # an empty centroid stays put
 
 
-def test_quantized_finetune_starts_where_the_compressed_model_is_and_keeps_pattern_and_bits():
+# finetune.py (hyang1990/sparsity_quantization_joint), without --quant, so dictnz=False:
+#   conv_weights_dict[i] = get_optim_val_dict(w.data[mask], bits, niter=100, dictnz=False)
+#     -> util.zerok_means1D(X, 2**bits + 1): val_dict = [0, linspace(min nz, max nz, 2**bits)], Lloyd on
+#        the nonzeros with distances to EVERY centroid (0 included, start_idx = 1 keeps it at 0), return
+#        when |pre_dist - cur_dist| / cur_dist < 1e-3 (measured before the update);
+#   forward: km_quantize_tensor(w, bits, val_dict): |w| < 1e-5 -> 0, else the nearest centroid, 0 included;
+#   every round(len(loader)/20) batches and at the last: get_optim_val_dict(w.data, bits, niter=5, val_dict);
+#   after each epoch's evaluation but the last: the same with niter=100.
+FINETUNE_W = [[-1.0, 0.0, -0.8, 0.9], [1.1, 0.2, 0.0, 0.05]]
+
+
+def unquantized_sparse_linear():
+    layer = torch.nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(FINETUNE_W))
+    return torch.nn.Sequential(layer)
+
+
+def test_finetune_codebook_reference_example_small_weights_snap_to_zero():
+    """1 bit, nonzeros X = [-1, -0.8, 0.9, 1.1, 0.2, 0.05]: init [0, -1, 1.1]; iteration 0 assigns
+    -1, -0.8 -> -1; 0.9, 1.1 -> 1.1; 0.2, 0.05 -> 0 (0.04 < 0.81), SSE 0.1225, moves to [0, -0.9, 1.0];
+    iteration 1: SSE 0.0825 (change 0.48 > 1e-3), same means; iteration 2: SSE 0.0825 -> return.
+    Forward: 0.2 and 0.05 snap to 0 though unpruned. After 1.1 -> 1.6, 5 warm-started iterations:
+    SSE 0.4325, 1.0 -> mean(0.9, 1.6) = 1.25; SSE 0.3075; unchanged -> [0, -0.9, 1.25]."""
+    model = unquantized_sparse_linear()
+    method = FINETUNE(FINETUNE.Args(quantize=True, tensors="weights", weightbits=[1]))
+    method.build(model)
+    quantizer = model[0].parametrizations.weight[1]
+    assert quantizer.codebook.tolist() == pytest.approx([-0.9, 0.0, 1.0])
+    assert model[0].weight.flatten().tolist() == pytest.approx([-0.9, 0, -0.9, 1.0, 1.0, 0, 0, 0])
+    assert model[0].parametrizations.weight[0].mask.tolist() == [[1, 0, 1, 1], [1, 1, 0, 1]]   # still trained
+    with torch.no_grad():
+        model[0].parametrizations.weight.original[1, 0] = 1.6
+    method.refresh_codebooks(5)
+    assert quantizer.codebook.tolist() == pytest.approx([-0.9, 0.0, 1.25])
+    assert model[0].weight.flatten().tolist() == pytest.approx([-0.9, 0, -0.9, 1.25, 1.25, 0, 0, 0])
+    method.finalize(model)
+    layers = layer_sparsity(model)
+    assert layers[0]["nonzero"] == 4 and method.storage(model, layers) == [(1, 4)]   # snapped zeros cost nothing
+
+
+def test_finetune_codebook_without_the_zero_centroid_keeps_every_unpruned_weight():
+    model = unquantized_sparse_linear()
+    method = FINETUNE(FINETUNE.Args(quantize=True, tensors="weights", weightbits=[1], zero_centroid=False))
+    method.build(model)
+    book = model[0].parametrizations.weight[1].codebook
+    assert book.numel() == 2 and 0.0 not in book.tolist()
+    assert torch.equal(model[0].weight != 0, torch.tensor(FINETUNE_W) != 0)
+
+
+@pytest.mark.parametrize("iters", [1, 5, 100])
+@pytest.mark.parametrize("zero_anchored", [True, False])
+def test_refine_codebook_matches_the_reference_lloyd_from_a_warm_start(iters, zero_anchored):
+    g = torch.Generator().manual_seed(iters)
+    x = torch.randn(400, generator=g) * 0.1
+    x[:100] = 0                                                    # pruned
+    start = kmeans_codebook(x[200:], 2, zero_anchored)             # a codebook fitted on other weights
+    nonzero = x[x != 0]
+    expected = reference_lloyd(x if zero_anchored else nonzero, 2, zero_anchored, iters, init=start)
+    assert torch.allclose(refine_codebook(x, start, iters, zero_anchored).double(), expected, atol=1e-6)
+
+
+def test_finetune_refreshes_codebooks_on_finetune_py_schedule():
+    """45 steps an epoch: every round(45/20) = 2 steps and at step 45, 5 iterations; 100 before
+    every epoch but the first (finetune.py: after each epoch's evaluation but the last)."""
+    model = unquantized_sparse_linear()
+    method = FINETUNE(FINETUNE.Args(quantize=True, tensors="weights", weightbits=[1]))
+    method.build(model)
+    calls = []
+    method.refresh_codebooks = lambda iters: calls.append((progress.epoch, progress.step, iters))
+    for epoch in range(2):
+        progress = step(epoch, 0, 45)
+        method.on_epoch_start(model, progress)
+        for i in range(1, 46):
+            progress = step(epoch, i, 45)
+            method.on_step(model, progress)
+    first = [(0, i, 5) for i in list(range(2, 45, 2)) + [45]]
+    assert calls == first + [(1, 45, 100)] + [(1, 45 + s, 5) for _, s, _ in first]
+
+
+@pytest.mark.parametrize("zero_centroid", [True, False])
+def test_quantized_finetune_starts_where_the_compressed_model_is_and_keeps_pattern_and_bits(zero_centroid):
     model = quantized_sparse_linear()
     start = model[0].weight.detach().clone()
-    method = FINETUNE(FINETUNE.Args(quantize=True, biases=False))
+    method = FINETUNE(FINETUNE.Args(quantize=True, tensors="weights", zero_centroid=zero_centroid))
     method.build(model)
     assert method.bits == [2] and bits_in_use(start) == 2
     assert torch.equal(model[0].weight, start)                 # the codebook is the model's own values
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
     for i in range(1, 5):
         opt.zero_grad()
-        model(x).pow(2).sum().backward()
+        model(x).pow(2).mean().backward()
         opt.step()
         method.on_step(model, step(0, i, 4))
+    assert torch.equal(model[0].parametrizations.weight[0].mask, (start != 0).float())   # the mask is fixed
     method.finalize(model)
     w = model[0].weight.detach()
-    assert torch.equal(w == 0, start == 0)                     # the sparsity pattern is fixed
+    assert torch.all(w[start == 0] == 0)                       # pruned weights stay zero
+    if not zero_centroid:
+        assert torch.equal(w == 0, start == 0)                 # and no others become zero
     assert torch.unique(w[w != 0]).numel() <= 4                # still 2 bits' worth of values
     assert not torch.equal(w, start)                           # and it did train
     layers = layer_sparsity(model)
-    assert method.storage(model, layers) == [(2, 5)]
-    assert model_size(layers, method.storage(model, layers))["compression"] == 32 * 8 / 10
+    assert method.storage(model, layers) == [(2, int((w != 0).sum()))]
 
 
 def test_codebook_forward_is_nearest_value_with_a_straight_through_gradient():
@@ -545,13 +635,15 @@ def test_codebook_forward_is_nearest_value_with_a_straight_through_gradient():
     assert torch.equal(q.detach(), torch.tensor([0.0, 0.5, 0.5, -1.0, 1.5]))   # zeros stay zero
     q.sum().backward()
     assert torch.equal(w.grad, torch.ones(5))
+    snapped = Codebook(torch.tensor([-1.0, 0.0, 0.5, 1.5]))(torch.tensor([0.0, 0.2, 0.3, -0.6, 8e-6]))
+    assert torch.equal(snapped, torch.tensor([0.0, 0.0, 0.5, -1.0, 0.0]))     # 0 is a candidate; |w| < 1e-5 -> 0
 
 
 def test_a_saved_quantized_finetune_loads_into_a_freshly_built_one():
     model = quantized_sparse_linear()
-    method = FINETUNE(FINETUNE.Args(quantize=True, biases=False))
+    method = FINETUNE(FINETUNE.Args(quantize=True, tensors="weights"))
     method.build(model)
-    other = FINETUNE(FINETUNE.Args(quantize=True, biases=False))
+    other = FINETUNE(FINETUNE.Args(quantize=True, tensors="weights"))
     fresh = torch.nn.Sequential(torch.nn.Linear(4, 2, bias=False))   # random: other mask, codebook size
     other.build(fresh)
     fresh.load_state_dict(model.state_dict())
@@ -574,3 +666,110 @@ def test_storage_of_each_admm_mode():
         report = method.report(model)
         assert size["compression"] == pytest.approx(report["compression_rate"])
         assert size["size_bits"] <= report["bit_budget_total"]
+
+
+# -- chains and reporting (train.py's model_latest.pt / model_best, finetune.py's weight_bits) ----------
+from dataclasses import replace                             # noqa: E402
+import json                                                 # noqa: E402
+from harness.aggregate import rows_from_metrics             # noqa: E402
+from harness.evaluate import evaluate                       # noqa: E402
+from harness.metrics import prunable_layers                 # noqa: E402
+from harness.trainer import load_trained                    # noqa: E402
+
+
+def quiet(spec, out, init=None):
+    return Trainer(spec, out, init_path=init, log=lambda *_: None)
+
+
+def layer_weights(model):
+    return [m.weight.detach().clone() for _, m in prunable_layers(model)]
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    """A trained 2-epoch ADMM run: (its folder, its saved W per layer, its final bits)."""
+    out = tmp_path_factory.mktemp("admm") / "parent"
+    quiet(run_spec(prox=True), out).run()
+    saved = torch.load(out / "model.pt")
+    model = tiny_model()
+    model.load_state_dict(saved["state_dict"])
+    return out, layer_weights(model), saved["method"]["bits"]
+
+
+def test_next_admm_stage_starts_from_the_unquantized_sparse_weights(parent, tmp_path):
+    """train.py --pretrain <previous>/model_latest.pt: W pruned, not quantized (model.pt holds it)."""
+    out, w_parent, bits = parent
+    child = replace(run_spec(prox=True), row="child", init="r", budget={"nnz_budget": 0.05, "bit_budget": 2})
+    w_child = layer_weights(quiet(child, tmp_path / "child", out / "model.pt").model)
+    for wc, wp, b in zip(w_child, w_parent, bits):
+        assert torch.equal(wc, wp)                                   # the parent's W itself
+        assert torch.equal(wc != 0, wp != 0) and 0 < int((wc != 0).sum()) < wc.numel()   # sparse
+    assert any(distinct_values(w).numel() > 2 ** b for w, b in zip(w_child, bits))       # not on a codebook
+    quantized = replace(child, method_args={**child.method_args, "handoff": "quantized"})
+    parent_spec = replace(run_spec(prox=True), method_args={**run_spec(prox=True).method_args, "handoff": "quantized"})
+    quiet(parent_spec, tmp_path / "qparent").run()
+    bits_q = torch.load(tmp_path / "qparent" / "model.pt")["method"]["bits"]
+    w_q = layer_weights(quiet(quantized, tmp_path / "qchild", tmp_path / "qparent" / "model.pt").model)
+    assert all(distinct_values(w).numel() <= 2 ** b for w, b in zip(w_q, bits_q))      # the finalized model
+
+
+def finetune_spec(**method_args):
+    return replace(run_spec(), row="tune", init="r", method="finetune", budget={},
+                   method_args={"quantize": True, "tensors": "weights", **method_args},
+                   train={"epochs": 1, "batch_size": 64, "lr": 0.01})
+
+
+def test_finetune_reads_the_admm_runs_bits_and_starts_from_its_unquantized_weights(parent, tmp_path):
+    """finetune.py: weight_bits from the model's buffer (the ADMM run's final bits) unless
+    --weightbits; mask = (W != 0) of the unquantized W; first codebook fitted on W's nonzeros."""
+    out, w_parent, bits = parent
+    trainer = quiet(finetune_spec(), tmp_path / "tune", out / "model.pt")
+    assert trainer.method.bits == bits and trainer.method.inherited == {"weight_bits": bits}
+    for (_, m), wp in zip(prunable_layers(trainer.model), w_parent):
+        assert torch.equal(m.parametrizations.weight.original, wp)
+        assert torch.equal(m.parametrizations.weight[0].mask, (wp != 0).float())
+    trainer.run()
+    model, method = load_trained(tmp_path / "tune" / "model.pt", trainer.info)   # evaluation's rebuild
+    assert method.bits == bits
+    given = quiet(finetune_spec(weightbits=[2, 3, 4]), tmp_path / "given", out / "model.pt")
+    assert given.method.bits == [2, 3, 4]
+
+
+def test_finetune_without_bits_from_an_unquantized_model_is_a_clear_error(tmp_path):
+    dense = replace(run_spec(), method="dense", method_args={}, budget={}, train={"epochs": 1, "batch_size": 64})
+    quiet(dense, tmp_path / "dense").run()
+    with pytest.raises(ValueError, match="give method_args.weightbits"):
+        quiet(finetune_spec(), tmp_path / "tune", tmp_path / "dense" / "model.pt")
+
+
+def test_eval_model_quantizes_a_copy_and_restores_w():
+    model, method = admm(tiny_model(), {"nnz_budget": 0.2, "bit_budget": 3})
+    run_steps(model, method, 1, 3)
+    before = layer_weights(model)
+    with method.eval_model(model) as m:
+        inside = layer_weights(m)
+    assert all(distinct_values(w).numel() <= 2 ** b for w, b in zip(inside, method.bits))
+    assert any(distinct_values(w).numel() > 2 ** b for w, b in zip(before, method.bits))
+    assert all(torch.equal(a, b) for a, b in zip(before, layer_weights(model)))   # W is back, bit for bit
+    expected = quantize_with_bits(before, method.bits)                             # quantize_with_bits on W
+    assert all(torch.equal(a, b) for a, b in zip(inside, expected))
+    model, method = admm(tiny_model(), {"nnz_budget": 0.2}, mode="prune")
+    with method.eval_model(model) as m:
+        assert m is model
+
+
+def test_top1_is_the_final_quantized_model_and_best_top1_the_best_quantized_epoch(tmp_path):
+    """train.py tests a quantized copy each epoch and keeps the best as model_best; the table's top1
+    is the final model (finalize), best_top1 the best epoch's quantized copy."""
+    spec = replace(run_spec(), train={**run_spec().train, "epochs": 3})
+    trainer = quiet(spec, tmp_path / "r")
+    calls = []
+    eval_model = trainer.method.eval_model
+    trainer.method.eval_model = lambda model: (calls.append(1), eval_model(model))[1]
+    summary = trainer.run()
+    tested = [h["test_top1"] for h in summary["history"]]
+    assert len(calls) == len(tested) == 3 and summary["best_top1"] == max(tested)
+    metrics = evaluate(spec, tmp_path / "r" / "model.pt", tmp_path / "r" / "metrics.json")
+    assert metrics["points"][0]["top1"] == tested[-1]          # the final epoch's copy is the final model
+    row = next(rows_from_metrics(json.loads((tmp_path / "r" / "metrics.json").read_text())))
+    assert row["top1"] == tested[-1] and row["best_top1"] == max(tested)

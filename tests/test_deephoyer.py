@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import models
+from harness.metrics import layer_sparsity, prunable_layers, sparsity_summary
 from harness.spec import RunSpec
 from harness.trainer import Trainer
 from methods import get_method
@@ -109,9 +110,64 @@ def test_finetuning_keeps_pruned_weights_at_zero(tmp_path):
 
 
 def _effective(model):
-    from harness.metrics import prunable_layers
     out = {}
     for name, m in prunable_layers(model):
         out[name + ".weight"] = m.weight.detach().clone()
         out[name + ".bias"] = m.bias.detach().clone()
     return out
+
+
+# -- which tensors are pruned and masked (method_args.tensors) -----------------------------------------
+# cifar/cifar_prun_tune.py: `for name, p in model.named_parameters(): if 'weight' in name:` threshold
+# |w| < sensitivity and mask the gradient: conv, linear AND BatchNorm weights (gamma), no biases.
+# mnist/*/prun_tune_T.py / _V.py: every named parameter (the LeNets' weights and biases).
+SMALL = {"conv.weight": [[[[0.5, 5e-5], [-0.3, 2e-5]]], [[[1e-5, 0.2], [0.1, -0.4]]]], "conv.bias": [5e-5, 0.3],
+         "bn.weight": [0.8, 3e-5], "bn.bias": [2e-5, 0.1],
+         "fc.weight": [[0.3, -6e-5, 0.2, 0.1, -0.2, 0.4, 7e-5, 0.1], [0.2] * 8], "fc.bias": [1e-5, 0.2]}
+
+
+def conv_bn_fc():
+    model = torch.nn.Sequential()
+    model.add_module("conv", torch.nn.Conv2d(1, 2, 2))
+    model.add_module("bn", torch.nn.BatchNorm2d(2))
+    model.add_module("flat", torch.nn.Flatten())
+    model.add_module("fc", torch.nn.Linear(8, 2))
+    model.load_state_dict({**model.state_dict(), **{k: torch.tensor(v) for k, v in SMALL.items()}})
+    return model
+
+
+@pytest.mark.parametrize("tensors, pruned", [
+    ("weights_norm", {"conv.weight", "bn.weight", "fc.weight"}),      # cifar_prun_tune.py
+    ("weights_biases", {"conv.weight", "conv.bias", "fc.weight", "fc.bias"}),   # the MNIST scripts
+    ("weights", {"conv.weight", "fc.weight"}),                          # ADMM's finetune.py masks
+])
+def test_pruned_tensors_follow_the_option_and_stay_zero_through_training(tensors, pruned):
+    cls = get_method("finetune")
+    method = cls(cls.Args(prune="threshold", value=1e-4, tensors=tensors))
+    model = method.build(conv_bn_fc())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).pow(2).sum().backward()
+        opt.step()
+    method.finalize(model)
+    assert not any(".parametrizations." in k for k in model.state_dict())        # masks baked, BN's too
+    state = model.state_dict()
+    for name, start in SMALL.items():
+        start = torch.tensor(start)
+        small = start.abs() < 1e-4
+        if name in pruned:
+            assert torch.all(state[name][small] == 0), name                      # pruned and kept at 0
+            assert torch.all(state[name][~small] != 0), name
+        else:
+            assert torch.all(state[name] != 0), name                             # neither pruned nor masked
+    report = method.report(model)
+    assert report == ({"norm_weights": 2, "norm_nonzero": 1} if tensors == "weights_norm" else {})
+    assert sparsity_summary(layer_sparsity(model))["nonzero_params"] == 24 - 5   # conv/linear weights only
+
+
+def test_unknown_tensors_option_is_a_clear_error():
+    cls = get_method("finetune")
+    with pytest.raises(ValueError, match="tensors 'norms' unknown; use one of weights_biases, weights, weights_norm"):
+        cls(cls.Args(tensors="norms")).build(conv_bn_fc())
