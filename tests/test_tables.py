@@ -117,7 +117,7 @@ def test_chained_rows_and_their_errors(tmp_path):
     assert table(tmp_path, edit).specs("laptop", [0])[-1].init == "gmp"
     msg = error(tmp_path, lambda d: d["rows"].update(tune={"method": "finetune", "model": "lenet300-100",
                                                             "init": "gmq"}))
-    assert "row 'tune': init: 'gmq' is neither `pretrain` nor a row of this table at scale laptop; did you mean 'gmp'?" in msg
+    assert "row 'tune': init: 'gmq' is neither `pretrain`, `torchvision` nor a row of this table at scale laptop; did you mean 'gmp'?" in msg
 
 
 def test_zipped_grid_keys_and_labels(tmp_path):
