@@ -267,6 +267,7 @@ class PaperTable:
         model = _mapped(scale_doc.get("models"), merged["model"])
         dataset = _mapped(scale_doc.get("datasets"), merged["dataset"])
         models.check_model(model)
+        models.check_model_args(model, merged.get("model_args"))
         data.check_dataset(dataset)
         data.dataset_info(dataset, **(merged.get("dataset_args") or {}))   # e.g. a bad normalize
         method_cls = methods.get_method(merged["method"])

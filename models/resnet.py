@@ -1,4 +1,6 @@
-"""Residual networks: CIFAR ResNet-20/56/110 (He et al. 2016, option-A shortcuts), the pre-activation
+"""Residual networks: CIFAR ResNet-20/56/110 (He et al. 2016: option-A shortcuts by default;
+`shortcut: conv` gives option B, the 1x1 conv + BN downsample of bearpaw/pytorch-classification
+models/cifar/resnet.py, the network of DeepHoyer's CIFAR experiments), the pre-activation
 bottleneck cPreResNet20 of network slimming (used by LCS), and ImageNet ResNet18/50 (v1.5: stride
 on the 3x3 conv, as in torchvision and STR)."""
 import torch.nn as nn
@@ -58,6 +60,9 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
 
 
+SHORTCUTS = ("pad", "conv")
+
+
 def _shortcut(layers, inplanes, planes, stride, kind):
     if stride == 1 and inplanes == planes:
         return nn.Identity()
@@ -69,6 +74,8 @@ def _shortcut(layers, inplanes, planes, stride, kind):
 class ResNet(nn.Module):
     def __init__(self, layers, block, depths, widths, num_classes, in_channels, stem, shortcut):
         super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"model_args.shortcut {shortcut!r}: use one of {', '.join(SHORTCUTS)}")
         self.inplanes = widths[0]
         if stem == "cifar":
             self.stem = nn.Sequential(layers.conv(in_channels, self.inplanes, 3, 1, 1, bias=False),
@@ -98,21 +105,21 @@ def _scaled(widths, width):
 
 
 @register_model("resnet20")
-def resnet20(num_classes=10, in_channels=3, layers=None, width=1.0):
+def resnet20(num_classes=10, in_channels=3, layers=None, width=1.0, shortcut="pad"):
     return ResNet(layers, BasicBlock, [3, 3, 3], _scaled([16, 32, 64], width), num_classes,
-                  in_channels, "cifar", "pad")
+                  in_channels, "cifar", shortcut)
 
 
 @register_model("resnet56")
-def resnet56(num_classes=10, in_channels=3, layers=None, width=1.0):
+def resnet56(num_classes=10, in_channels=3, layers=None, width=1.0, shortcut="pad"):
     return ResNet(layers, BasicBlock, [9, 9, 9], _scaled([16, 32, 64], width), num_classes,
-                  in_channels, "cifar", "pad")
+                  in_channels, "cifar", shortcut)
 
 
 @register_model("resnet110")
-def resnet110(num_classes=10, in_channels=3, layers=None, width=1.0):
+def resnet110(num_classes=10, in_channels=3, layers=None, width=1.0, shortcut="pad"):
     return ResNet(layers, BasicBlock, [18, 18, 18], _scaled([16, 32, 64], width), num_classes,
-                  in_channels, "cifar", "pad")
+                  in_channels, "cifar", shortcut)
 
 
 @register_model("resnet18")

@@ -193,12 +193,12 @@ def test_rules_build_checks_figures_and_the_report_then_fail_on_a_missed_budget(
     for name in ("tables.csv", "checks.csv", "overview.png", "top1-flops.png"):
         assert name in report, name
 
-    fake_metrics(workdir, sparsity_of=lambda spec: 0.85 if spec.row == "lenet5-caffe-gmp-0.9" else
+    fake_metrics(workdir, sparsity_of=lambda spec: 0.85 if spec.row == "lenet5-gmp-0.9" else
                  spec.budget.get("sparsity", 0.0))
     proc = snakemake(workdir, "results/checks.csv", *only, check=False)
     assert proc.returncode != 0
     log = (workdir / "results/logs/checks.log").read_text()
-    assert "lenet5-caffe-gmp-0.9" in log and "error: 1 check(s) failed" in log
+    assert "lenet5-gmp-0.9" in log and "error: 1 check(s) failed" in log
 
 
 def test_a_bit_budget_holds_or_fails():

@@ -1,4 +1,6 @@
 """STR, DNW and budgets against the values str.md derives from RAIVNLab/STR on fixed tensors."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -6,7 +8,7 @@ import models
 from harness.budgets import match_layers, read_budget_csv, write_budget_csv
 from harness.metrics import layer_sparsity, prunable_layers
 from harness.spec import RunSpec
-from harness.trainer import Trainer
+from harness.trainer import Trainer, build_model
 from methods import get_method
 from methods.dnw import _TopKStraightThrough
 from methods.str_method import soft_threshold
@@ -76,6 +78,22 @@ def test_str_to_dense_conversion_is_exact():
     assert all(type(m.weight) is torch.nn.Parameter for _, m in prunable_layers(model))
     assert torch.equal(model(x), before)
     assert set(method.report(model)["thresholds"]) == {"1", "3", "5"}
+
+
+def test_str_reparameterizes_the_weights_the_builders_init_made():
+    """The table's weight_init (STR's kaiming normal, fan_in) is applied before STR wraps the
+    layers, and the reparameterized layer keeps those weights: N(0, 2/fan_in), biases 0."""
+    spec = RunSpec(scale="smoke", paper="str", row="r", seed=0, method="str", model="resnet50", dataset="synthetic",
+                   train={}, model_args={"weight_init": "kaiming_normal_fan_in"}, method_args={"s_init": -3200})
+    torch.manual_seed(0)
+    model, _ = build_model(spec, SimpleNamespace(num_classes=1000, shape=(3, 224, 224)), torch.device("cpu"))
+    layers = prunable_layers(model)
+    assert len(layers) == 54
+    for name, m in layers:
+        original = m.parametrizations.weight.original
+        assert torch.equal(m.weight, original)   # sigmoid(-3200) == 0: S(W, s) = W
+        assert abs(original.std().item() / (2 / original[0].numel()) ** 0.5 - 1) < 0.05, name
+    assert torch.equal(model.fc.bias, torch.zeros(1000))
 
 
 def test_dnw_forward_is_top_k_and_backward_straight_through():

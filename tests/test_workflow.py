@@ -24,7 +24,7 @@ def test_smoke_workflow_end_to_end_then_a_broken_table_loses_nothing(workdir):
     assert (gmp.sparsity.values == pytest.approx(targets.values, abs=1e-4))
     dense = table[table.method == "dense"].set_index("row")
     assert dense.loc["lenet300-dense", "published_top1"] == 98.4 and dense.loc["lenet300-dense", "sparsity"] < 0.01
-    run = workdir / "results/runs/smoke/gmp/lenet5-caffe-gmp-0.9/seed0"
+    run = workdir / "results/runs/smoke/gmp/lenet5-gmp-0.9/seed0"
     for name in ("spec.json", "train.log", "train.json", "metrics.json", "benchmark.tsv", "model.pt"):
         assert (run / name).exists(), name
 
@@ -53,7 +53,7 @@ def test_smoke_runs_every_row_of_the_str_and_deephoyer_tables(workdir):
     snakemake(workdir, "results/tables.csv", "--config", "scale=smoke", "papers=[hoyer,str]")
     table = pd.read_csv(workdir / "results" / "tables.csv")
     assert set(table.paper) == {"hoyer", "str"} and len(table) == 34 + 18
-    tuned = table[table.row == "lenet5-caffe-hoyer_square-0.0002-std0.03"].iloc[0]
+    tuned = table[table.row == "lenet5-hoyer_square-0.0002-std0.03"].iloc[0]
     assert tuned.pipeline == "dense>hoyer_square>finetune" and tuned.sparsity > 0 and tuned.best_top1 > 0
     rows = table.set_index("row")
     assert set(rows.method) >= {"dense", "str", "dnw", "gmp", "l1", "hoyer", "hoyer_square", "tl1",
