@@ -63,16 +63,16 @@ def test_in_memory_loader_applies_the_rows_normalisation():
     assert next(iter(loader))[0].max().item() == 1.0
 
 
-def test_a_bad_normalisation_is_one_line_at_table_load(tmp_path):
+def one_row_table(tmp_path, row):
     path = tmp_path / "t.yaml"
-    path.write_text("""title: t
-source: test
-scales: {smoke: {}, laptop: {}, paper: {}}
-rows:
-  dense: {method: dense, model: lenet300-100, dataset: mnist, dataset_args: {normalize: [0.5, 0.5]}}
-""")
+    path.write_text("title: t\nsource: test\nscales: {smoke: {}, laptop: {}, paper: {}}\n"
+                    f"rows:\n  dense: {{method: dense, model: lenet300-100, dataset: mnist, {row}}}\n")
+    return PaperTable(path)
+
+
+def test_a_bad_normalisation_is_one_line_at_table_load(tmp_path):
     with pytest.raises(TableError, match=r"^.*t\.yaml: row 'dense': dataset_args.normalize[^\n]*$"):
-        PaperTable(path).specs("paper", [0])
+        one_row_table(tmp_path, "dataset_args: {normalize: [0.5, 0.5]}").specs("paper", [0])
 
 
 def test_precision_is_fp32_unless_a_row_asks_and_cuda_is_used():
@@ -152,15 +152,8 @@ def test_admm_alexnet_chain_starts_from_torchvision_weights():
 
 
 def test_init_torchvision_is_refused_for_models_it_has_no_weights_for(tmp_path):
-    path = tmp_path / "t.yaml"
-    path.write_text("""title: t
-source: test
-scales: {smoke: {}, laptop: {}, paper: {}}
-rows:
-  dense: {method: dense, model: lenet300-100, dataset: mnist, init: torchvision}
-""")
     with pytest.raises(TableError, match="init: torchvision has no published weights for model 'lenet300-100'"):
-        PaperTable(path).specs("paper", [0])
+        one_row_table(tmp_path, "init: torchvision").specs("paper", [0])
 
 
 def test_a_run_with_init_torchvision_starts_from_those_weights(hub_cache, tmp_path):
