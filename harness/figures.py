@@ -35,7 +35,7 @@ from harness.checks import COMPARABLE_SCALE, ResultsError, is_pruned  # noqa: E4
 from harness.registry import Registry  # noqa: E402
 
 FIGURES = Registry("figure")
-AXIS_LABEL = {"top1": "top-1 accuracy (%)", "sparsity": "sparsity (logit scale)",
+AXIS_LABEL = {"top1": "top-1 accuracy (%)", "sparsity": "sparsity",
               "flops": "FLOPs per input (multiply-accumulates, log scale)",
               "compression": "compression rate (32-bit dense size / stored size, log scale)",
               "size_bits": "stored size of the conv/linear weights (bits, log scale)"}
@@ -124,7 +124,9 @@ def _x_axis(ax, x, values):
         ax.xaxis.set_major_locator(FixedLocator(SPARSITY_TICKS))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(AXIS_LABEL.get(x, x))
+    scale = ax.get_xscale()
+    ax.set_xlabel(AXIS_LABEL.get(x, x) + ("" if scale == "linear" or "log scale" in AXIS_LABEL.get(x, "")
+                                          else f" ({scale} scale)"))
 
 
 def tradeoff(ax, rows, x, hue, colors, style, markers):
