@@ -133,13 +133,14 @@ def _info(name, classes, shape, mean, std, augment="none", in_memory=True):
     return lambda **_: DataInfo(name, classes, tuple(shape), mean, std, augment, in_memory)
 
 
+SUBSET = ("train_size", "test_size")   # in-memory sets: a fixed random part (data/registry.py: _subset)
 register_dataset("fashion-mnist", _info("fashion-mnist", 10, (1, 28, 28), (0.2860,), (0.3530,)),
-                 lambda data_dir, **_: load_fashion_mnist(data_dir))
+                 lambda data_dir, **_: load_fashion_mnist(data_dir), SUBSET)
 register_dataset("mnist", _info("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,)),
-                 lambda data_dir, **_: load_mnist(data_dir))
+                 lambda data_dir, **_: load_mnist(data_dir), SUBSET)
 register_dataset("cifar10", _info("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465),
                                   (0.2470, 0.2435, 0.2616), "crop_flip"),
-                 lambda data_dir, **_: load_cifar10(data_dir))
+                 lambda data_dir, **_: load_cifar10(data_dir), SUBSET)
 register_dataset("imagenet", _info("imagenet", 1000, (3, 224, 224), (0.485, 0.456, 0.406),
                                    (0.229, 0.224, 0.225), "imagenet", in_memory=False),
                  lambda data_dir, **_: load_imagenet(data_dir))
@@ -148,6 +149,6 @@ register_dataset(
     lambda shape=(1, 28, 28), classes=10, **_: DataInfo(
         "synthetic", classes, tuple(shape), (0.5,) * shape[0], (0.25,) * shape[0],
         "crop_flip" if shape[0] == 3 else "none", True),
-    lambda data_dir, **args: make_synthetic(**args))
+    lambda data_dir, **args: make_synthetic(**args), (*SUBSET, "shape", "classes", "seed", "noise"))
 
 __all__ = ["read_idx", "load_idx_pair", "make_synthetic"]
