@@ -2,7 +2,7 @@
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from harness.errors import DataMissing  # noqa: F401  (re-exported for the loaders)
+from harness.errors import DataError, DataMissing  # noqa: F401  (re-exported for the loaders)
 from harness.registry import Registry, suggest
 
 
@@ -102,6 +102,15 @@ def _subset(split, size):
     return x[keep], y[keep]
 
 
+def _check_labels(name, data_dir, info, *splits):
+    """Labels outside 0..classes-1 would train on the wrong classes or fail mid-epoch."""
+    for split, (_, y) in zip(("training", "test"), splits):
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < info.num_classes:
+            raise DataError(f"{name} in {data_dir}: the {split} labels run from {int(y.min())} to {int(y.max())}, but "
+                            f"{name} has {info.num_classes} classes (0..{info.num_classes - 1}); its files are not "
+                            f"{name}'s")
+
+
 def make_loaders(name, data_dir, batch_size, device, seed=0, eval_batch_size=None, workers=4,
                  **args):
     """Train and test loaders for a registered dataset, yielding (x, y) batches on `device`."""
@@ -110,6 +119,7 @@ def make_loaders(name, data_dir, batch_size, device, seed=0, eval_batch_size=Non
     args.pop("normalize", None)
     train, test = DATASETS.get(name).load(data_dir, **args)
     if info.in_memory:  # laptop scales may train on a fixed random part of a data set
+        _check_labels(name, data_dir, info, train, test)
         train, test = _subset(train, args.get("train_size")), _subset(test, args.get("test_size"))
     eval_bs = eval_batch_size or max(batch_size, 1000 if info.in_memory else batch_size)
     if info.in_memory:

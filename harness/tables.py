@@ -272,6 +272,8 @@ class PaperTable:
         """Every row of this table that exists at `scale`, as one RunSpec per seed."""
         scale_doc = self.doc["scales"][scale]
         seeds = scale_doc.get("seeds", seeds)    # a table's own repeats (the leaderboard's) replace the config's
+        if self.doc.get("pretrain") is not None:
+            self.pretrain_train(scale)
         out, starts_from, written_as = [], {}, {}
         names = {name for name, row, _ in self.rows(scale) if not row.get("at_scales") or scale in row["at_scales"]}
         for name, row, written in self.rows(scale):
@@ -333,18 +335,22 @@ class PaperTable:
                     budget=budget, init=merged.get("init"), published=row.get("published") or {},
                     notes=notes)
 
-    def pretrain_spec(self, spec: RunSpec) -> RunSpec:
-        """The shared dense model that `spec` starts from: same model, data, scale and seed."""
+    def pretrain_train(self, scale):
+        """The shared dense model's `train` settings at `scale`, checked."""
         pre = self.doc["pretrain"]
-        train = _deep_merge(pre.get("train"), (pre.get("scales") or {}).get(spec.scale, {}).get("train"))
+        train = _deep_merge(pre.get("train"), ((pre.get("scales") or {}).get(scale) or {}).get("train"))
         try:
             train = check_dataclass_args(TrainConfig, train, "train")
             if TrainConfig(**train).epochs == 0:
                 raise ValueError("train.epochs=0 would leave the shared dense model untrained; set it >= 1")
         except ValueError as err:
             self._fail(None, f"pretrain: {err}")
+        return train
+
+    def pretrain_spec(self, spec: RunSpec) -> RunSpec:
+        """The shared dense model that `spec` starts from: same model, data, scale and seed."""
         return RunSpec(scale=spec.scale, paper=spec.paper, row=pretrain_row(spec), seed=spec.seed,
-                       method="dense", model=spec.model, dataset=spec.dataset, train=train,
+                       method="dense", model=spec.model, dataset=spec.dataset, train=self.pretrain_train(spec.scale),
                        model_args=spec.model_args, dataset_args=spec.dataset_args,
                        data_dir=spec.data_dir, device=spec.device)
 
