@@ -90,6 +90,7 @@ def torchvision_download(cls_name, data_dir):
     """Download a data set through torchvision into data_dir, quietly (its messages span lines);
     DataMissing with torchvision's first line if that fails."""
     import torchvision
+    print(f"{cls_name} is not in {data_dir}: downloading it (torchvision)", flush=True)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return getattr(torchvision.datasets, cls_name)(root=str(data_dir), download=True)

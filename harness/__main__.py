@@ -5,7 +5,7 @@
                                                      then evaluate it (what the Snakemake rule does)
   evaluate  --spec JSON --model MODEL.pt --out metrics.json   evaluate a trained model again
   aggregate --out tables.csv METRICS.json...
-  runs      [--scale S]                                list the runs the config would make
+  runs      [--scale S] [--papers-dir DIR]             list the runs the config would make
   checks    --table tables.csv --out checks.csv [--scale S]   regression checks; exit 1 if one fails
   compare   RESULTS_A RESULTS_B [--tolerance T]       what changed between two result sets
   figures   --table tables.csv --scale S --out DIR [--only PAPER|overview]
