@@ -2,8 +2,8 @@
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from harness.errors import DataMissing  # noqa: F401  (re-exported for the loaders)
-from harness.registry import Registry
+from harness.errors import DataError, DataMissing  # noqa: F401  (re-exported for the loaders)
+from harness.registry import Registry, suggest
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class DataInfo:
 class Entry:
     info: Callable[..., DataInfo]
     load: Callable        # (data_dir, **args) -> ((x_train, y_train), (x_test, y_test)) or folders
+    options: tuple = ()   # the dataset_args it takes besides `normalize`
 
 
 DATASETS = Registry("dataset")
@@ -28,8 +29,36 @@ dataset_names = DATASETS.names
 check_dataset = DATASETS.get
 
 
-def register_dataset(name, info, load):
-    DATASETS.register(name, Entry(info, load))
+def register_dataset(name, info, load, options=()):
+    DATASETS.register(name, Entry(info, load, tuple(options)))
+
+
+def _whole(low):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+# every dataset_args key but normalize: (is the value right, what it should be)
+DATASET_ARGS = {
+    "train_size": (_whole(0), "a whole number of training images to keep (0: all)"),
+    "test_size": (_whole(0), "a whole number of test images to keep (0: all)"),
+    "shape": (lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_whole(1), v)),
+              "[channels, height, width], whole numbers"),
+    "classes": (_whole(2), "a whole number of classes >= 2"),
+    "seed": (_whole(0), "a whole number >= 0"),
+    "noise": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
+}
+
+
+def check_dataset_args(name, args):
+    """Each dataset_args key must be one the data set takes, with a value of the right kind."""
+    options = DATASETS.get(name).options
+    for key, value in args.items():
+        if key not in options:
+            raise ValueError(f"unknown dataset_args key {key!r} for dataset {name!r}; "
+                             + (suggest(key, ["normalize", *options]) if options else "it takes only normalize"))
+        ok, meaning = DATASET_ARGS[key]
+        if not ok(value):
+            raise ValueError(f"dataset_args.{key}={value!r} should be {meaning}")
 
 
 NORMALIZE_HELP = ("dataset_args.normalize: `dataset` (the data set's own mean/std), `none` (pixels in [0, 1], "
@@ -57,6 +86,7 @@ def normalization(info, normalize="dataset"):
 
 def dataset_info(name, normalize="dataset", **args) -> DataInfo:
     """A data set's facts, with the normalisation the run asks for (dataset_args.normalize)."""
+    check_dataset_args(name, args)
     info = DATASETS.get(name).info(**args)
     mean, std = normalization(info, normalize)
     return replace(info, mean=mean, std=std)
@@ -72,6 +102,15 @@ def _subset(split, size):
     return x[keep], y[keep]
 
 
+def _check_labels(name, data_dir, info, *splits):
+    """Labels outside 0..classes-1 would train on the wrong classes or fail mid-epoch."""
+    for split, (_, y) in zip(("training", "test"), splits):
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < info.num_classes:
+            raise DataError(f"{name} in {data_dir}: the {split} labels run from {int(y.min())} to {int(y.max())}, but "
+                            f"{name} has {info.num_classes} classes (0..{info.num_classes - 1}); its files are not "
+                            f"{name}'s")
+
+
 def make_loaders(name, data_dir, batch_size, device, seed=0, eval_batch_size=None, workers=4,
                  **args):
     """Train and test loaders for a registered dataset, yielding (x, y) batches on `device`."""
@@ -80,6 +119,7 @@ def make_loaders(name, data_dir, batch_size, device, seed=0, eval_batch_size=Non
     args.pop("normalize", None)
     train, test = DATASETS.get(name).load(data_dir, **args)
     if info.in_memory:  # laptop scales may train on a fixed random part of a data set
+        _check_labels(name, data_dir, info, train, test)
         train, test = _subset(train, args.get("train_size")), _subset(test, args.get("test_size"))
     eval_bs = eval_batch_size or max(batch_size, 1000 if info.in_memory else batch_size)
     if info.in_memory:

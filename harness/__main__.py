@@ -5,7 +5,7 @@
                                                      then evaluate it (what the Snakemake rule does)
   evaluate  --spec JSON --model MODEL.pt --out metrics.json   evaluate a trained model again
   aggregate --out tables.csv METRICS.json...
-  runs      [--scale S]                                list the runs the config would make
+  runs      [--scale S] [--papers-dir DIR]             list the runs the config would make
   checks    --table tables.csv --out checks.csv [--scale S]   regression checks; exit 1 if one fails
   compare   RESULTS_A RESULTS_B [--tolerance T]       what changed between two result sets
   figures   --table tables.csv --scale S --out DIR [--only PAPER|overview]
@@ -38,6 +38,7 @@ def main(argv=None):
     r = sub.add_parser("runs")
     r.add_argument("--scale")
     r.add_argument("--configfile", default="config/config.yaml")
+    r.add_argument("--papers-dir", default="config/papers", help="where the paper tables are read")
     c = sub.add_parser("checks")
     c.add_argument("--table", default="results/tables.csv")
     c.add_argument("--out", default="results/checks.csv")
@@ -72,10 +73,43 @@ def main(argv=None):
 
 
 def _spec(text):
-    from harness.spec import RunSpec
+    """A run spec from JSON (or @file: a run's spec.json), checked as the tables check a row."""
+    import json
+    from dataclasses import MISSING, fields
+
+    from harness.errors import HarnessError
+    from harness.registry import suggest
+    from harness.spec import RunSpec, check_field_types
+    from harness.tables import check_settings
+    source = "--spec"
     if text.startswith("@"):
-        text = open(text[1:]).read()
-    return RunSpec.from_json(text)
+        source = f"--spec {text}"
+        try:
+            text = open(text[1:]).read()
+        except OSError as err:
+            raise HarnessError(f"{source}: cannot read {text[1:]} ({err.strerror})") from None
+    try:
+        given = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise HarnessError(f"{source}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    if not isinstance(given, dict):
+        raise HarnessError(f"{source}: should be a JSON object of a run's settings, as in a run's spec.json")
+    known = [f.name for f in fields(RunSpec)]
+    for key in given:
+        if key not in known:
+            raise HarnessError(f"{source}: unknown key {key!r}; {suggest(key, known)}")
+    missing = [f.name for f in fields(RunSpec) if f.name not in given
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise HarnessError(f"{source}: missing {', '.join(missing)}")
+    spec = RunSpec(**given)
+    try:
+        check_field_types(spec, "spec")
+        check_settings(spec.method, spec.model, spec.dataset, spec.train, spec.method_args, spec.model_args,
+                       spec.dataset_args, spec.budget, spec.init)
+    except (ValueError, KeyError) as err:
+        raise HarnessError(f"{source}: {err.args[0] if err.args else err}") from None
+    return spec
 
 
 def _evaluate(spec, model, out, threads):
@@ -87,8 +121,12 @@ def _evaluate(spec, model, out, threads):
 
 def _dispatch(args):
     if args.cmd == "train":
+        from harness.errors import HarnessError
         from harness.trainer import Trainer, distributed_env
+        from models import TORCHVISION_INIT
         spec = _spec(args.spec)
+        if spec.init not in (None, TORCHVISION_INIT) and not args.init:
+            raise HarnessError(f"--spec starts from {spec.init!r} (its init): give that model's model.pt with --init")
         Trainer(spec, args.out, args.init, args.threads, log=lambda m: print(m, flush=True),
                 budget_file=args.budget_file).run()
         if args.evaluate and distributed_env()[0] == 0:   # under DDP, rank 0 alone
@@ -101,9 +139,17 @@ def _dispatch(args):
         print(summary(table, args.scale))
     elif args.cmd == "runs":
         import yaml
+        from harness.errors import HarnessError
         from harness.tables import runs_for
-        config = yaml.safe_load(open(args.configfile))
-        for spec in runs_for(config, scale=args.scale)[1]:
+        try:
+            config = yaml.safe_load(open(args.configfile))
+        except (OSError, yaml.YAMLError) as err:
+            raise HarnessError(f"--configfile {args.configfile}: unreadable ({type(err).__name__}); "
+                               f"see config/config.yaml") from None
+        needed = ("scale", "papers", "seeds", "data_dir", "device")
+        if not isinstance(config, dict) or any(k not in config for k in needed):
+            raise HarnessError(f"--configfile {args.configfile}: needs {', '.join(needed)} (see config/config.yaml)")
+        for spec in runs_for(config, args.papers_dir, scale=args.scale)[1]:
             print(f"{spec.scale}/{spec.paper}/{spec.row}/seed{spec.seed}: {spec.method} {spec.model} "
                   f"{spec.dataset} budget={spec.budget}")
     elif args.cmd == "checks":

@@ -57,7 +57,11 @@ def read_results(path):
         path = path / "tables.csv"
     if not path.is_file():
         raise ResultsError(f"{path}: no such results table; run `snakemake --cores all results/tables.csv` first")
-    table = pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ResultsError(f"{path}: not a results table ({str(err).splitlines()[0]}); "
+                           f"run `snakemake --cores all results/tables.csv` to write it again") from None
     missing = [c for c in REQUIRED if c not in table]
     if missing:
         raise ResultsError(f"{path}: not a results table (no column {', '.join(missing)})")

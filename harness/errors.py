@@ -16,3 +16,8 @@ class Divergence(HarnessError, RuntimeError):
 
 class CheckpointError(HarnessError, RuntimeError):
     """A checkpoint or model file is unreadable or does not fit the run."""
+
+
+class DataError(HarnessError, ValueError):
+    """A data file is unreadable or inconsistent (truncated, another layout, labels that do not
+    match); the message names the file and what is wrong."""

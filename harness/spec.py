@@ -4,10 +4,16 @@ Specs travel as JSON (Snakemake passes them as a rule parameter, so a changed ro
 that row); `spec_id` names the settings that determine a run's result."""
 import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 
+from harness.registry import check_choice
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclass
@@ -36,6 +42,53 @@ class TrainConfig:
     gpus: int = 1                     # GPUs one run asks its scheduler for (paper scale); one DDP process each
     processes: int = 0                # DDP processes (torchrun); 0: one per GPU the job gets. Set >1 on a
                                       # machine without CUDA to train on CPU with gloo (tests)
+
+    def __post_init__(self):
+        check_field_types(self, "train")
+        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("train.schedule", self.schedule, SCHEDULES)
+        check_choice("train.precision", self.precision, PRECISIONS)
+        at_least = {"epochs": 0, "batch_size": 1, "momentum": 0, "weight_decay": 0, "warmup_epochs": 0,
+                    "grad_clip": 0, "eval_every": 0, "eval_batch_size": 0, "gpus": 1, "processes": 0}
+        for key, low in at_least.items():
+            if getattr(self, key) < low:
+                raise ValueError(f"train.{key}={getattr(self, key)!r} should be >= {low}")
+        for key in ("lr", "gamma", "grad_clip_norm"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"train.{key}={getattr(self, key)!r} should be > 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"train.label_smoothing={self.label_smoothing!r} should be in [0, 1)")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("train.nesterov needs optimizer sgd with momentum > 0; set train.momentum or remove nesterov")
+        if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and m >= 0 for m in self.milestones):
+            raise ValueError(f"train.milestones={self.milestones!r} should be a list of epochs (numbers >= 0)")
+        if self.epochs > 0 and self.warmup_epochs > self.epochs:
+            raise ValueError(f"train.warmup_epochs={self.warmup_epochs!r} is longer than train.epochs={self.epochs}; "
+                             f"shorten the warmup")
+
+
+def check_field_types(obj, what):
+    """Every field of a settings dataclass has its annotated type (int is not bool, an int is a
+    float, `T | None` may be None): a spec read from JSON is checked as a table's row is."""
+    for f, typ in typing.get_type_hints(type(obj)).items():
+        if f not in {x.name for x in fields(obj)}:
+            continue
+        value = getattr(obj, f)
+        if not _has_type(value, typ):
+            raise ValueError(f"{what}.{f}={value!r} should be of type {getattr(typ, '__name__', typ)}")
+
+
+def _has_type(value, typ):
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        return any(_has_type(value, t) for t in typing.get_args(typ))
+    typ = typing.get_origin(typ) or typ
+    if typ is type(None):
+        return value is None
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typ) if isinstance(typ, type) else True
 
 
 def dataclass_keys(cls):

@@ -7,7 +7,6 @@ row's model and dataset to its own (`models:` / `datasets:`, with "*" for every 
 
 Every mistake is reported as one line: `<file>: row '<row>': <what is wrong and how to fix it>`."""
 import copy
-import difflib
 import itertools
 import re
 import types
@@ -22,7 +21,8 @@ import data
 import methods
 import models
 from harness.errors import HarnessError
-from harness.spec import PRECISIONS, RunSpec, TrainConfig
+from harness.registry import suggest
+from harness.spec import RunSpec, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPERS_DIR = ROOT / "config" / "papers"
@@ -65,11 +65,6 @@ def _deep_merge(base, over):
     return out
 
 
-def _suggest(word, choices):
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(choices))}"
-
-
 def _schema_error(err):
     """(row or None, one readable line) from a jsonschema error."""
     where = list(err.absolute_path)
@@ -79,7 +74,7 @@ def _schema_error(err):
         # the only pattern-keyed mappings are the per-scale sections
         allowed = set(err.schema.get("properties", {})) | (set(SCALES) if err.schema.get("patternProperties") else set())
         extra = next(k for k in err.instance if k not in allowed)
-        return row, f"unknown key {extra!r}{' in ' + at if at else ''}; {_suggest(extra, allowed)}"
+        return row, f"unknown key {extra!r}{' in ' + at if at else ''}; {suggest(extra, allowed)}"
     if err.validator == "required":
         return row, f"{at or 'the table'} is missing a field: {err.message}"
     return row, f"{at or 'the table'}: {err.message}"
@@ -119,7 +114,7 @@ def check_dataclass_args(cls, given, what):
     out = {}
     for k, v in (given or {}).items():
         if k not in known:
-            raise ValueError(f"unknown {what} key {k!r}; {_suggest(k, known)}")
+            raise ValueError(f"unknown {what} key {k!r}; {suggest(k, known)}")
         out[k] = _coerce(v, hints[k], f"{what}.{k}")
     return out
 
@@ -130,7 +125,7 @@ def check_budget(method_cls, budget):
         if k not in keys:
             if not keys:
                 raise ValueError(f"method {method_cls.name!r} takes no budget; remove budget.{k}")
-            raise ValueError(f"unknown budget key {k!r} for method {method_cls.name!r}; {_suggest(k, keys)}")
+            raise ValueError(f"unknown budget key {k!r} for method {method_cls.name!r}; {suggest(k, keys)}")
         spec = keys[k]
         if spec.kind == "text":
             if not isinstance(v, (str, int, float)) or isinstance(v, bool):
@@ -144,6 +139,50 @@ def check_budget(method_cls, budget):
     for k, spec in keys.items():
         if spec.required and k not in budget:
             raise ValueError(f"method {method_cls.name!r} needs budget.{k} ({spec.meaning})")
+
+
+def check_settings(method, model, dataset, train=None, method_args=None, model_args=None, dataset_args=None,
+                   budget=None, init=None):
+    """Every setting of one run, checked as a table row's are when the tables load; returns its
+    (train, method_args) with YAML's strings read as numbers (1e-3). Raises ValueError or KeyError
+    with one line naming the setting and the fix."""
+    models.check_model(model)
+    models.check_model_args(model, model_args)
+    data.check_dataset(dataset)
+    data.dataset_info(dataset, **(dataset_args or {}))   # unknown keys, a bad normalize
+    method_cls = methods.get_method(method)
+    budget = budget or {}
+    check_budget(method_cls, budget)
+    train = check_dataclass_args(TrainConfig, train, "train")
+    config = TrainConfig(**train)                        # its own checks: choices and ranges
+    if config.epochs == 0 and init is None:
+        raise ValueError("train.epochs=0 trains nothing and there is no `init` to evaluate; set train.epochs >= 1 "
+                         "(or init: a model to evaluate as it is)")
+    method_args = check_dataclass_args(method_cls.Args, method_args, "method_args")
+    args = method_cls.Args(**method_args)                # the Args' own checks (ranges, choices, combinations)
+    method_cls.check(args, budget, config)               # args with the budget and the run's length
+    return train, method_args
+
+
+def find_cycle(edges):
+    """[a, b, ..., a]: rows that start from each other, following `edges` (row -> rows it starts
+    from); None if there is no such cycle."""
+    done, path = set(), []
+
+    def visit(node):
+        path.append(node)
+        for nxt in edges.get(node, ()):
+            if nxt in path:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in done and (found := visit(nxt)):
+                return found
+        done.add(path.pop())
+        return None
+
+    for node in edges:
+        if node not in done and (found := visit(node)):
+            return found
+    return None
 
 
 def _expand_grid(name, row):
@@ -195,6 +234,10 @@ class PaperTable:
             mark = getattr(err, "problem_mark", None)
             line = f" at line {mark.line + 1}" if mark else ""
             raise TableError(f"{self._rel()}: not valid YAML{line}: {getattr(err, 'problem', err)}") from None
+        if not isinstance(self.doc, dict):
+            what = "is empty" if self.doc is None else f"holds a {type(self.doc).__name__}, not a mapping"
+            raise TableError(f"{self._rel()}: the file {what}; a paper table maps title, source, scales and rows "
+                             f"(see config/papers/gmp.yaml)")
         schema = yaml.safe_load(Path(schema_path).read_text())
         errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(self.doc),
                         key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
@@ -229,7 +272,9 @@ class PaperTable:
         """Every row of this table that exists at `scale`, as one RunSpec per seed."""
         scale_doc = self.doc["scales"][scale]
         seeds = scale_doc.get("seeds", seeds)    # a table's own repeats (the leaderboard's) replace the config's
-        out = []
+        if self.doc.get("pretrain") is not None:
+            self.pretrain_train(scale)
+        out, starts_from, written_as = [], {}, {}
         names = {name for name, row, _ in self.rows(scale) if not row.get("at_scales") or scale in row["at_scales"]}
         for name, row, written in self.rows(scale):
             if row.get("at_scales") and scale not in row["at_scales"]:
@@ -241,17 +286,26 @@ class PaperTable:
                 transfer = spec["budget"].get("transfer")
                 if transfer is not None and transfer not in names:
                     raise ValueError(f"budget.transfer: {transfer!r} is not a row of this table at scale {scale}; "
-                                     f"{_suggest(transfer, names)}")
+                                     f"{suggest(transfer, names)}")
                 if spec["init"] == models.TORCHVISION_INIT and not models.has_torchvision_weights(spec["model"]):
                     raise ValueError(f"init: {models.TORCHVISION_INIT} has no published weights for model "
                                      f"{spec['model']!r}; start it from `pretrain` or a row")
                 if spec["init"] not in (None, "pretrain", models.TORCHVISION_INIT) and spec["init"] not in names:
                     raise ValueError(f"init: {spec['init']!r} is neither `pretrain`, `{models.TORCHVISION_INIT}` nor "
-                                     f"a row of this table at scale {scale}; {_suggest(spec['init'], names)}")
+                                     f"a row of this table at scale {scale}; {suggest(spec['init'], names)}")
             except (ValueError, KeyError) as err:
                 self._fail(name, err.args[0] if err.args else str(err), grid=written if name != written else None)
+            starts_from[name] = {r: kind for r, kind in ((spec["init"], "init"), (transfer, "budget.transfer"))
+                                 if r in names}
+            written_as[name] = written
             for seed in seeds:
                 out.append(RunSpec(seed=seed, data_dir=data_dir, device=device, **spec))
+        cycle = find_cycle(starts_from)
+        if cycle:   # Snakemake would only say "cyclic graph", naming no row
+            chain = " -> ".join(f"'{a}' ({starts_from[a][b]})" for a, b in zip(cycle, cycle[1:])) + f" -> '{cycle[-1]}'"
+            self._fail(cycle[0], f"rows start from each other in a cycle: {chain}; start one of them from "
+                                 f"`pretrain`, another model or nothing",
+                       grid=written_as[cycle[0]] if written_as[cycle[0]] != cycle[0] else None)
         return out
 
     def _resolve(self, name, row, scale, scale_doc):
@@ -264,21 +318,14 @@ class PaperTable:
         for field_name in ("method", "model", "dataset"):
             if field_name not in merged:
                 raise ValueError(f"no {field_name} given; set `{field_name}:` in the row or in `defaults:`")
+        models.check_model(merged["model"])       # the row's own names too: a scale's "*" would hide a typo
+        data.check_dataset(merged["dataset"])
         model = _mapped(scale_doc.get("models"), merged["model"])
         dataset = _mapped(scale_doc.get("datasets"), merged["dataset"])
-        models.check_model(model)
-        models.check_model_args(model, merged.get("model_args"))
-        data.check_dataset(dataset)
-        data.dataset_info(dataset, **(merged.get("dataset_args") or {}))   # e.g. a bad normalize
-        method_cls = methods.get_method(merged["method"])
         budget = merged.get("budget") or {}
-        check_budget(method_cls, budget)
-        train = check_dataclass_args(TrainConfig, merged.get("train"), "train")
-        if train.get("precision", "fp32") not in PRECISIONS:
-            raise ValueError(f"train.precision {train['precision']!r}: use one of {', '.join(PRECISIONS)} "
-                             f"(mixed precision applies on CUDA only)")
-        method_args = check_dataclass_args(method_cls.Args, merged.get("method_args"), "method_args")
-        method_cls.Args(**method_args)   # the Args' own checks of option combinations (e.g. LCS's)
+        train, method_args = check_settings(merged["method"], model, dataset, merged.get("train"),
+                                            merged.get("method_args"), merged.get("model_args"),
+                                            merged.get("dataset_args"), budget, merged.get("init"))
         if merged.get("init") == "pretrain" and self.doc.get("pretrain") is None:
             raise ValueError("init: pretrain needs a `pretrain:` section in this paper table")
         notes = "; ".join(filter(None, [scale_doc.get("note"), row.get("notes")]))
@@ -288,16 +335,22 @@ class PaperTable:
                     budget=budget, init=merged.get("init"), published=row.get("published") or {},
                     notes=notes)
 
+    def pretrain_train(self, scale):
+        """The shared dense model's `train` settings at `scale`, checked."""
+        pre = self.doc["pretrain"]
+        train = _deep_merge(pre.get("train"), ((pre.get("scales") or {}).get(scale) or {}).get("train"))
+        try:
+            train = check_dataclass_args(TrainConfig, train, "train")
+            if TrainConfig(**train).epochs == 0:
+                raise ValueError("train.epochs=0 would leave the shared dense model untrained; set it >= 1")
+        except ValueError as err:
+            self._fail(None, f"pretrain: {err}")
+        return train
+
     def pretrain_spec(self, spec: RunSpec) -> RunSpec:
         """The shared dense model that `spec` starts from: same model, data, scale and seed."""
-        pre = self.doc["pretrain"]
-        train = _deep_merge(pre.get("train"), (pre.get("scales") or {}).get(spec.scale, {}).get("train"))
-        try:
-            train = check_dataclass_args(TrainConfig, train, "pretrain.train")
-        except ValueError as err:
-            self._fail(None, str(err))
         return RunSpec(scale=spec.scale, paper=spec.paper, row=pretrain_row(spec), seed=spec.seed,
-                       method="dense", model=spec.model, dataset=spec.dataset, train=train,
+                       method="dense", model=spec.model, dataset=spec.dataset, train=self.pretrain_train(spec.scale),
                        model_args=spec.model_args, dataset_args=spec.dataset_args,
                        data_dir=spec.data_dir, device=spec.device)
 
@@ -315,7 +368,7 @@ def load_tables(papers, papers_dir=PAPERS_DIR):
     tables = {}
     for p in papers:
         if p not in known:
-            raise TableError(f"config: papers: unknown paper {p!r}; {_suggest(p, known)} "
+            raise TableError(f"config: papers: unknown paper {p!r}; {suggest(p, known)} "
                              f"(tables live in {Path(papers_dir).name}/<paper>.yaml)")
         tables[p] = PaperTable(Path(papers_dir) / f"{p}.yaml")
     return tables

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.metrics import prunable_layers
+from harness.registry import check_choice
 
 from .base import Budget, Method, register_method
 from .quantize import (allocate_bits, bits_used, compression_rate, eval_bits, layer_budget, prune_projection,
@@ -70,6 +71,18 @@ class ADMMArgs:
     handoff: str = "unquantized"     # what a following stage starts from: unquantized (train.py's
                                      # model_latest.pt: W pruned, not quantized) | quantized (finalized)
 
+    def __post_init__(self):
+        check_choice("method_args.mode", self.mode, MODES)
+        check_choice("method_args.handoff", self.handoff, HANDOFFS)
+        if not 1 <= self.bwlb <= MAX_BITS:
+            raise ValueError(f"method_args.bwlb={self.bwlb!r} is outside 1..{MAX_BITS}")
+        for key in ("rho", "kdtemp", "projint", "dualint"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"method_args.{key}={getattr(self, key)!r} should be >= 0")
+        if self.mode == "joint" and self.projint and self.dualint and self.dualint % self.projint:
+            raise ValueError(f"method_args.dualint {self.dualint} must be a multiple of projint {self.projint} "
+                             f"(or 0, once per epoch)")
+
 
 @register_method
 class ADMM(Method):
@@ -84,16 +97,35 @@ class ADMM(Method):
     }
 
     # -- set-up ---------------------------------------------------------------------------------
+    # the budget keys each mode uses, and their ranges (low, high]
+    MODE_BUDGETS = {"joint": ("nnz_budget", "bit_budget"), "prune": ("nnz_budget",), "quantize": ("bit_budget",)}
+    BUDGET_RANGES = {"nnz_budget": (0.0, 1.0), "bit_budget": (0.0, MAX_BITS)}
+
+    @classmethod
+    def check(cls, args, budget, train=None):
+        """The budget keys the mode uses, each in range, and a bit budget some bit width fits."""
+        needed = cls.MODE_BUDGETS[args.mode]
+        for key in needed:
+            if key not in budget:
+                raise ValueError(f"admm mode {args.mode} needs budget.{key} ({cls.budget_keys[key].meaning})")
+            low, high = cls.BUDGET_RANGES[key]
+            if not low < budget[key] <= high:
+                raise ValueError(f"admm: budget.{key}={budget[key]!r} is outside ({low:g}, {high:g}]")
+        for key in budget:
+            if key not in needed:
+                raise ValueError(f"admm mode {args.mode} does not use budget.{key}; remove it")
+        if "bit_budget" in needed and math.floor(budget["bit_budget"]) < args.bwlb:
+            raise ValueError(f"admm: budget.bit_budget {budget['bit_budget']:g} is below method_args.bwlb {args.bwlb}, "
+                             f"so no bit width fits; raise budget.bit_budget to at least {args.bwlb} "
+                             f"or lower method_args.bwlb")
+
     def build(self, model):
-        mode = self._check_args()
+        self.check(self.args, self.budget)
+        mode = self.args.mode
         self.layers = prunable_layers(model)
         self.numels = [m.weight.numel() for _, m in self.layers]
-        nnz_budget = 1.0 if mode == "quantize" else self._budget_value("nnz_budget", 0.0, 1.0)
-        bit_budget = 32 if mode == "prune" else self._budget_value("bit_budget", 0.0, MAX_BITS)
-        if mode != "prune" and math.floor(bit_budget) < self.args.bwlb:
-            raise ValueError(f"admm: budget.bit_budget {bit_budget:g} is below method_args.bwlb {self.args.bwlb}, "
-                             f"so no bit width fits; raise budget.bit_budget to at least {self.args.bwlb} "
-                             f"or lower method_args.bwlb")
+        nnz_budget = 1.0 if mode == "quantize" else self.budget["nnz_budget"]
+        bit_budget = 32 if mode == "prune" else self.budget["bit_budget"]
         self.nnz, self.total_bits = layer_budget(self.numels, nnz_budget, bit_budget)
         self.bits = [math.floor(bit_budget)] * len(self.numels)
         self.first_bits = bits_used(self.bits, self.nnz)   # train.py's model_size_lb (< B for fractional bits)
@@ -105,27 +137,6 @@ class ADMM(Method):
         self.teacher = self._make_teacher(model) if self.args.kdtemp > 0 else None
         self._groups, self._resumed, self._checked = None, False, False
         return model
-
-    def _check_args(self):
-        a = self.args
-        if a.mode not in MODES:
-            raise ValueError(f"admm mode {a.mode!r} unknown; use joint, prune or quantize")
-        if not 1 <= a.bwlb <= MAX_BITS:
-            raise ValueError(f"admm: method_args.bwlb {a.bwlb} is outside 1..{MAX_BITS}")
-        if a.handoff not in HANDOFFS:
-            raise ValueError(f"admm: method_args.handoff {a.handoff!r} unknown; use unquantized or quantized")
-        if a.rho < 0 or a.kdtemp < 0:
-            raise ValueError("admm: method_args.rho and kdtemp must be >= 0")
-        return a.mode
-
-    def _budget_value(self, key, low, high):
-        if key not in self.budget:
-            raise ValueError(f"admm mode {self.args.mode} needs budget.{key} "
-                             f"({self.budget_keys[key].meaning})")
-        value = self.budget[key]
-        if not low < value <= high:
-            raise ValueError(f"admm: budget.{key}={value!r} is outside ({low:g}, {high:g}]")
-        return value
 
     @property
     def uses_admm(self):

@@ -58,6 +58,12 @@ class Method:
         self.budget = dict(budget or {})
         self.budget_file = budget_file   # another run's budget.csv, for `budget: {transfer: <row>}`
 
+    @classmethod
+    def check(cls, args, budget, train):
+        """Settings that only make sense together: the method's `args` (its Args, which check
+        themselves) with its `budget` or the run's `train` (a TrainConfig). Raise ValueError naming
+        the key and the fix; the tables call it when they load, before anything runs."""
+
     # -- hooks, in the order the trainer calls them --------------------------------------------
     def build(self, model):
         """Replace or wrap layers; return the model."""

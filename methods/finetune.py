@@ -33,6 +33,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from harness.metrics import prunable_layers
+from harness.registry import check_choice
 
 from .base import Method, register_method
 from .masking import Mask, bake_masks
@@ -41,6 +42,7 @@ from .quantize import MAX_BITS, NZ_EPS, kmeans_codebook, refine_codebook
 REFRESHES_PER_EPOCH = 20   # finetune.py: every round(len(loader) / 20) batches
 REFRESH_ITERS, EPOCH_END_ITERS = 5, 100
 TENSORS = ("weights_biases", "weights", "weights_norm")
+PRUNE_RULES = ("none", "threshold", "std")
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)   # BatchNorm*, InstanceNorm*
 
 
@@ -107,6 +109,20 @@ class FinetuneArgs:
     quantize: bool = False   # keep each layer on a codebook of 2^bits values (ADMM's finetune.py)
     weightbits: list = field(default_factory=list)   # per prunable layer; empty = handed over or in use
     zero_centroid: bool = True   # quantize: 0 is a codebook value small weights snap to (finetune.py)
+
+    def __post_init__(self):
+        check_choice("method_args.prune", self.prune, PRUNE_RULES)
+        check_choice("method_args.tensors", self.tensors, TENSORS)
+        if self.value < 0:
+            raise ValueError(f"method_args.value={self.value!r} should be >= 0 (a threshold or a ratio to the std)")
+        if self.prune == "none" and self.value:
+            raise ValueError(f"method_args.value={self.value!r} is unused with prune: none; set method_args.prune "
+                             f"to threshold or std, or remove value")
+        if not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= MAX_BITS for b in self.weightbits):
+            raise ValueError(f"method_args.weightbits={self.weightbits!r} should be one whole number of bits "
+                             f"(1..{MAX_BITS}) per conv/linear layer")
+        if self.weightbits and not self.quantize:
+            raise ValueError("method_args.weightbits is used only with quantize: true; set it or remove weightbits")
 
 
 @register_method

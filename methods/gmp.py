@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.registry import check_choice
+
 from .base import Method, register_method
 from .masking import add_masks, bake_masks, layer_targets, magnitude_mask, raw_weight, sparsity_budget_keys
 
@@ -43,6 +45,21 @@ class GMPArgs:
     prune_every: int = 0             # dt in optimizer steps; 0: once per epoch
     initial_sparsity: float = 0.0    # s_i
 
+    def __post_init__(self):
+        check_choice("method_args.schedule", self.schedule, SCHEDULES)
+        if self.start_epoch < 0:
+            raise ValueError(f"method_args.start_epoch={self.start_epoch!r} should be >= 0")
+        if self.end_epoch != -1 and self.end_epoch < self.start_epoch:
+            raise ValueError(f"method_args.end_epoch={self.end_epoch!r} is before start_epoch={self.start_epoch!r}; "
+                             f"use an end_epoch >= start_epoch, or -1 (3/4 of training)")
+        if self.prune_every < 0:
+            raise ValueError(f"method_args.prune_every={self.prune_every!r} should be >= 0 (0: once per epoch)")
+        if not 0 <= self.initial_sparsity < 1:
+            raise ValueError(f"method_args.initial_sparsity={self.initial_sparsity!r} should be in [0, 1)")
+
+
+SCHEDULES = ("zhu_gupta", "str_reference")
+
 
 @register_method
 class GMP(Method):
@@ -50,9 +67,23 @@ class GMP(Method):
     Args = GMPArgs
     budget_keys = sparsity_budget_keys()
 
+    @classmethod
+    def check(cls, args, budget, train):
+        """The pruning window must start, and end, within the run: a window past the last epoch
+        would leave the model dense, or short of its target."""
+        epochs = train.epochs
+        end = args.end_epoch if args.end_epoch >= 0 else 0.75 * epochs
+        if args.start_epoch >= epochs:
+            raise ValueError(f"method_args.start_epoch={args.start_epoch:g} is not within the run's "
+                             f"train.epochs={epochs}, so nothing would be pruned; start before epoch {epochs}")
+        # str_reference sets the rate at the start of each (0-based) epoch: the last is epochs - 1
+        reached = end < epochs if args.schedule == "str_reference" else end <= epochs
+        if not reached:
+            raise ValueError(f"method_args.end_epoch={end:g} is not within the run's train.epochs={epochs}, so the "
+                             f"target sparsity would not be reached; end by epoch "
+                             f"{epochs - 1 if args.schedule == 'str_reference' else epochs}")
+
     def build(self, model):
-        if self.args.schedule not in ("zhu_gupta", "str_reference"):
-            raise ValueError(f"gmp schedule {self.args.schedule!r} unknown; use zhu_gupta or str_reference")
         self.masks = add_masks(model)
         self.layers = dict((n, m) for n, m in model.named_modules() if n in self.masks)
         self.current, self.targets = 0.0, None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.metrics import prunable_layers
+from harness.registry import check_choice
 
 from .base import Method, register_method
 
@@ -68,11 +69,25 @@ class RegularizerArgs:
     decay: float = 1e-3                 # the regularizer's strength (the seed's --decay)
     conv_groups: str = "channel_filter"  # structural only: channel_filter (paper) | fiber (reference quirk)
 
+    def __post_init__(self):
+        check_choice("method_args.conv_groups", self.conv_groups, CONV_GROUPS)
+        if self.decay < 0:
+            raise ValueError(f"method_args.decay={self.decay!r} should be >= 0 (the regularizer's strength)")
+
+
+CONV_GROUPS = ("channel_filter", "fiber")
+
 
 class Regularized(Method):
     """Training with `decay * R(model)` added to the loss; nothing else changes."""
     Args = RegularizerArgs
     structural = False
+
+    @classmethod
+    def check(cls, args, budget, train):
+        if not cls.structural and args.conv_groups != RegularizerArgs.conv_groups:
+            raise ValueError(f"method_args.conv_groups applies to {' and '.join(STRUCTURAL)} only, not {cls.name}; "
+                             f"remove it")
 
     def regularizer(self, model):
         if self.structural:

@@ -39,6 +39,10 @@ class STRArgs:
     s_init: float = -3200.0      # the reference's sInit_value (ResNet50 config)
     st_decay: float = -1.0       # weight decay on the thresholds; -1: the weights' weight_decay (reference default)
 
+    def __post_init__(self):
+        if self.st_decay < 0 and self.st_decay != -1:
+            raise ValueError(f"method_args.st_decay={self.st_decay!r} should be >= 0, or -1 (the weights' weight_decay)")
+
 
 @register_method
 class STR(Method):

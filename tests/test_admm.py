@@ -296,10 +296,14 @@ def test_unmeetable_or_missing_budgets_are_clear_errors():
         admm(tiny_model(), {"nnz_budget": 0.1}, mode="quantize")
     with pytest.raises(ValueError, match=r"nnz_budget=0 is outside \(0, 1\]"):
         admm(tiny_model(), {"nnz_budget": 0, "bit_budget": 3})
-    with pytest.raises(ValueError, match="unknown; use joint, prune or quantize"):
+    with pytest.raises(ValueError, match="mode 'both' unknown; use one of joint, prune, quantize"):
         admm(tiny_model(), mode="both")
-    model, method = admm(tiny_model(), projint=3, dualint=4)
+    with pytest.raises(ValueError, match="does not use budget.bit_budget; remove it"):
+        admm(tiny_model(), {"nnz_budget": 0.1, "bit_budget": 3}, mode="prune")
     with pytest.raises(ValueError, match="dualint 4 must be a multiple of projint 3"):
+        admm(tiny_model(), projint=3, dualint=4)
+    model, method = admm(tiny_model(), dualint=4)   # projint 0 is once per epoch: known at the first step
+    with pytest.raises(ValueError, match="dualint 4 must be a multiple of projint 10"):
         method.on_step(model, step(0, 1, 10))
     admm(tiny_model(), {"nnz_budget": 0.1}, mode="prune")       # prune needs no bit budget
     admm(tiny_model(), {"bit_budget": 3}, mode="quantize")      # quantize needs no nnz budget

@@ -67,14 +67,18 @@ def test_cifar10_pickle_batches(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for name, n in [("data_batch_1", 4), ("data_batch_2", 3), ("test_batch", 2)]:
+    sizes = [("data_batch_1", 4), ("data_batch_2", 3), ("data_batch_3", 1), ("data_batch_4", 1), ("data_batch_5", 1),
+             ("test_batch", 2)]
+    for name, n in sizes:
         batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(range(n))}
         (folder / name).write_bytes(pickle.dumps(batch))
     (xtr, ytr), (xte, yte) = load_cifar10(tmp_path)
-    assert xtr.shape == (7, 3, 32, 32) and ytr.tolist() == [0, 1, 2, 3, 0, 1, 2] and xte.shape == (2, 3, 32, 32)
-    train, _, info = data.make_loaders("cifar10", tmp_path, batch_size=7, device=torch.device("cpu"))
+    assert xtr.shape == (10, 3, 32, 32) and ytr.tolist() == [0, 1, 2, 3, 0, 1, 2, 0, 0, 0] and xte.shape == (2, 3, 32, 32)
+    first = pickle.loads((folder / "data_batch_1").read_bytes())[b"data"]
+    assert np.array_equal(xtr[0, 1].numpy(), first[0, 1024:2048].reshape(32, 32))   # the green plane: channel-major rows
+    train, _, info = data.make_loaders("cifar10", tmp_path, batch_size=10, device=torch.device("cpu"))
     x, _ = next(iter(train))
-    assert x.shape == (7, 3, 32, 32) and info.augment == "crop_flip"
+    assert x.shape == (10, 3, 32, 32) and info.augment == "crop_flip"
 
 
 def test_imagenet_folder(tmp_path):

@@ -130,13 +130,13 @@ def test_zipped_grid_keys_and_labels(tmp_path):
             "{method}-{decay}": {"model": "lenet300-100", "init": "pretrain", "grid": {
                 "method,method_args.decay": [["l1", 1e-4], ["hoyer", 0.02]]}},
             "{reg}-{decay}-std{value}": {"method": "finetune", "model": "lenet300-100", "init": "{reg}-{decay}",
-                                         "grid": {"label.reg,label.decay,method_args.value":
+                                         "method_args": {"prune": "std"}, "grid": {"label.reg,label.decay,method_args.value":
                                                   [["l1", 1e-4, 0.25], ["hoyer", 0.02, 0.05]]}}}
     specs = table(tmp_path, edit).specs("laptop", [0])
     assert [(s.row, s.method, s.init) for s in specs] == [
         ("l1-0.0001", "l1", "pretrain"), ("hoyer-0.02", "hoyer", "pretrain"),
         ("l1-0.0001-std0.25", "finetune", "l1-0.0001"), ("hoyer-0.02-std0.05", "finetune", "hoyer-0.02")]
-    assert specs[1].method_args == {"decay": 0.02} and specs[3].method_args == {"value": 0.05}
+    assert specs[1].method_args == {"decay": 0.02} and specs[3].method_args == {"prune": "std", "value": 0.05}
 
 
 def test_duplicate_row_names_are_an_error(tmp_path):
