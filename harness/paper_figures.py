@@ -1,5 +1,5 @@
-"""The figures particular to one paper, registered with harness.figures' registry. Shared drawing
-(style, panels, measured vs published points) lives in harness/figures.py."""
+"""The figures particular to one paper, registered with harness.plots' registry. Shared drawing
+(style, panels, measured vs published points) lives in harness/plots.py."""
 import json
 import textwrap
 from pathlib import Path
@@ -9,13 +9,24 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from harness.figures import panels, per_model, register_figure
+from harness.plots import palette, panels, per_model, register_figure
 
 
 def budget_source(budget):
     """How a row's layer-wise budget was set: uniform, or taken from STR (transfer or file)."""
     b = json.loads(budget) if isinstance(budget, str) else {}
     return " (STR budget)" if b.get("transfer") or b.get("csv") else ""
+
+
+def default_figures(rows):
+    """The figures of a paper that registers none."""
+    return {"top1-sparsity": per_model(rows, "sparsity")}
+
+
+@register_figure("gmp")
+def gmp_figures(rows):
+    """Zhu & Gupta: accuracy against sparsity and against FLOPs, per model."""
+    return {"top1-sparsity": per_model(rows, "sparsity"), "top1-flops": per_model(rows, "flops")}
 
 
 @register_figure("str")
@@ -137,7 +148,6 @@ def leaderboard_figures(rows, settings_path="config/papers/leaderboard.yaml"):
 def at_targets(board):
     """One panel per model: each method's top-1 (mean, bars: std over seeds) at each target,
     interpolated values hollow; missed targets are named under the panel, never drawn."""
-    from harness.figures import palette
     models = sorted(board.model.unique())
     order = sorted(board.series.unique())
     colors = palette(order)

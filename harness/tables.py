@@ -21,11 +21,10 @@ import data
 import methods
 import models
 from harness.errors import HarnessError
+from harness.paths import PAPERS_DIR, ROOT
 from harness.registry import suggest
 from harness.spec import RunSpec, TrainConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-PAPERS_DIR = ROOT / "config" / "papers"
 SCALES = ("smoke", "laptop", "paper")
 
 

@@ -5,9 +5,10 @@ from matplotlib.collections import PathCollection
 import pandas as pd
 import pytest
 
-from harness import figures as fig_module
+from harness import paper_figures, plots
 from harness.checks import ResultsError
-from harness.figures import figures, per_model, register_figure
+from harness.figures import figures
+from harness.plots import per_model, register_figure
 from harness.registry import Registry
 from tests.test_checks import results_table
 
@@ -40,7 +41,7 @@ def test_measured_points_are_filled_and_published_hollow():
 
 
 def test_a_paper_adds_its_figures_with_one_function(tmp_path, monkeypatch):
-    monkeypatch.setattr(fig_module, "FIGURES", Registry("figure"))
+    monkeypatch.setattr(plots, "FIGURES", Registry("figure"))
 
     @register_figure("other")
     def other_figures(rows):
@@ -69,7 +70,7 @@ def test_one_method_ending_several_pipelines_draws_a_curve_per_pipeline():
                              top1=97.0 - 5 * s + shift, sparsity=s))
     table = pd.DataFrame(rows).assign(scale="paper", paper="hoyerlike", model="lenet300-100", dataset="mnist",
                                       seed=0, flops=1e5, budget="{}", published_sparsity=None, published_flops=None)
-    fig = fig_module.default_figures(table)["top1-sparsity"]
+    fig = paper_figures.default_figures(table)["top1-sparsity"]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["dense>hoyer>finetune", "dense>l1>finetune", "measured", "dense, measured", "dense, published"]
     assert fig.axes[0].get_xscale() == "logit"
@@ -81,7 +82,7 @@ def test_admm_draws_compression_with_quantize_only_rows_and_published_rates():
                                   method_args='{"mode": "quantize"}', published_compression=None)
     joint = rows.iloc[[1]].assign(row="j", method="admm", published_top1=None, published_compression=2000.0,
                                   compression=1975.0)
-    figs = fig_module.FIGURES.get("admm")(pd.concat([rows.iloc[[0]], quant, joint], ignore_index=True))
+    figs = plots.FIGURES.get("admm")(pd.concat([rows.iloc[[0]], quant, joint], ignore_index=True))
     ax = figs["top1-compression"].axes[0]
     assert ax.get_xscale() == "log"
     vertical = [l for l in ax.lines if l.get_linestyle() == ":" and l.get_xdata()[0] == l.get_xdata()[1]]
