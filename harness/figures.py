@@ -20,7 +20,7 @@ from pathlib import Path
 from harness.checks import COMPARABLE_SCALE, ResultsError
 from harness.paper_figures import default_figures
 from harness import plots
-from harness.plots import legend_handles, marker_map, palette, panels, save, series, shared_style, tradeoff
+from harness.plots import curves, legend_handles, marker_map, palette, panels, save, shared_style, tradeoff
 
 
 def overview(rows, titles=None):
@@ -29,7 +29,9 @@ def overview(rows, titles=None):
     fig, axes = panels(len(papers), 5.4, 6.2)
     for ax, paper in zip(axes, papers):
         part = rows[rows.paper == paper]
-        colors, style = palette(sorted(part.model.unique())), series(part)
+        part = part[(part.method == "dense") | (part.sparsity > 0)]   # quantized-only levels have no sparsity
+        part, style = part.assign(curve=curves(part)), "curve"
+        colors = palette(sorted(part.model.unique()))
         markers = marker_map(part, style)
         tradeoff(ax, part, "sparsity", "model", colors, style, markers)
         title = f"{paper}: {titles[paper]}" if titles and titles.get(paper) else paper

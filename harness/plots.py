@@ -57,6 +57,16 @@ def series(rows):
     return "method"
 
 
+def curves(rows):
+    """A curve label per row: a network evaluated at several levels (LCS's widths, TopK fractions,
+    bit widths) is one curve of its own, so that levels of different settings never join into one
+    line; rows of one level each join their method's (or pipeline's) sweep."""
+    sweep = rows[series(rows)].astype(str)
+    if "level" not in rows:
+        return sweep
+    return sweep.where(rows.level.isna(), rows.row)
+
+
 def marker_map(rows, key):
     levels = sorted(rows[key][is_pruned(rows)].dropna().unique())
     return dict(zip(levels, ["o", "s", "^", "D", "v", "P", "X", "*"] * 4))

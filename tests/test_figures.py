@@ -89,3 +89,19 @@ def test_admm_draws_compression_with_quantize_only_rows_and_published_rates():
     assert [l.get_xdata()[0] for l in vertical] == [2000.0]          # the published rate
     labels = [t.get_text() for t in figs["top1-compression"].legends[0].get_texts()]
     assert "quantize only" in labels and "joint" in labels and "published compression, no accuracy published" in labels
+
+
+def test_overview_draws_each_multi_level_network_as_its_own_curve_and_leaves_quantization_out():
+    from harness.figures import overview
+    base = results_table("laptop", paper="lcs", models=("cpreresnet20",)).iloc[[1]]
+    levels = []
+    for row, kind, sparsities in (("s-lcs_l", "width", [0.3, 0.6, 0.9]), ("u-lcs_l", "topk", [0.5, 0.75, 0.95]),
+                                  ("q-lcs_l", "bits", [0.0, 0.0, 0.0])):
+        for level, sparsity in enumerate(sparsities):
+            levels.append(base.assign(row=row, method="lcs_l", level=float(level + 3), level_kind=kind,
+                                      sparsity=sparsity, compression=32 / (level + 3), top1=80.0 + level))
+    fig = overview(pd.concat(levels, ignore_index=True))
+    lines = [line for line in fig.axes[0].lines if line.get_linestyle() == "-"]
+    assert sorted(len(line.get_xdata()) for line in lines) == [3, 3]   # two curves, no bit-width points
+    xs = sorted(tuple(line.get_xdata()) for line in lines)
+    assert xs == [pytest.approx((0.3, 0.6, 0.9)), pytest.approx((0.5, 0.75, 0.95))]   # no zigzag across settings
