@@ -281,12 +281,19 @@ class PaperTable:
         method_cls.Args(**method_args)   # the Args' own checks of option combinations (e.g. LCS's)
         if merged.get("init") == "pretrain" and self.doc.get("pretrain") is None:
             raise ValueError("init: pretrain needs a `pretrain:` section in this paper table")
-        notes = "; ".join(filter(None, [scale_doc.get("note"), row.get("notes")]))
+        notes = _notes(scale_doc, row)
         return dict(scale=scale, paper=self.name, row=name, method=merged["method"], model=model,
                     dataset=dataset, train=train, model_args=merged.get("model_args") or {},
                     dataset_args=merged.get("dataset_args") or {}, method_args=method_args,
                     budget=budget, init=merged.get("init"), published=row.get("published") or {},
                     notes=notes)
+
+    def annotations(self, scale):
+        """{row: (published, notes)} at `scale`: what tables.csv shows beside a row's results. The
+        aggregation reads them from the table as it is then, so a corrected published value or
+        note shows without re-running anything."""
+        scale_doc = self.doc["scales"].get(scale) or {}
+        return {name: (row.get("published") or {}, _notes(scale_doc, row)) for name, row, _ in self.rows(scale)}
 
     def pretrain_spec(self, spec: RunSpec) -> RunSpec:
         """The shared dense model that `spec` starts from: same model, data, scale and seed."""
@@ -300,6 +307,10 @@ class PaperTable:
                        method="dense", model=spec.model, dataset=spec.dataset, train=train,
                        model_args=spec.model_args, dataset_args=spec.dataset_args,
                        data_dir=spec.data_dir, device=spec.device)
+
+
+def _notes(scale_doc, row):
+    return "; ".join(filter(None, [scale_doc.get("note"), row.get("notes")]))
 
 
 def pretrain_row(spec):
