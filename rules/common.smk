@@ -129,32 +129,44 @@ def _folder_data_missing(spec):
     return None
 
 
-def preflight(train_jobs, remade):
-    """The first reason, as one line, why one of the training jobs about to run would fail for a
-    reason known before it starts: the device, a model it starts from that is unreadable (and not
-    re-made by this run: `remade`, the outputs of every job to run), its data. None if none."""
-    if not train_jobs:
-        return None
-    if workflow.local_exec:   # a cluster job finds its GPU on its node
-        from harness.trainer import select_device
-        try:
-            select_device(DEVICE)
-        except HarnessError as err:
-            return str(err)
-    parents = {}
+def _device_problem():
+    from harness.trainer import select_device
+    try:
+        select_device(DEVICE)
+    except HarnessError as err:
+        return str(err)
+    return None
+
+
+def _unreadable_start(train_jobs, remade):
+    """An existing model.pt that jobs start from, unreadable and not re-made by this run."""
+    starts = {}
     for job in train_jobs:
         for f in job.input:
             if str(f).endswith("/model.pt") and str(f) not in remade and os.path.exists(f):
-                parents.setdefault(str(f), []).append(job.wildcards.row)
-    for path, rows in sorted(parents.items()):
+                starts.setdefault(str(f), set()).add(job.wildcards.row)
+    for path, rows in sorted(starts.items()):
         if not io.torch_file_intact(path):
             return (f"{path} is unreadable (cut short, or not a model file), and {len(rows)} run(s) to be trained "
-                    f"start from it ({', '.join(sorted(set(rows)))}); retrain it and them: add --forcerun {path}")
-    for spec in {spec_of(job.wildcards).dataset: spec_of(job.wildcards) for job in train_jobs}.values():
-        missing = _folder_data_missing(spec)
-        if missing:
-            return missing
+                    f"start from it ({', '.join(sorted(rows))}); retrain it and them: add --forcerun {path}")
     return None
+
+
+def _data_problem(train_jobs):
+    specs = {spec_of(job.wildcards).dataset: spec_of(job.wildcards) for job in train_jobs}
+    return next(filter(None, map(_folder_data_missing, specs.values())), None)
+
+
+def preflight(train_jobs, remade):
+    """The first reason, as one line, why one of the training jobs about to run would fail for a
+    reason known before it starts, or None: a model it starts from that is unreadable (and not
+    re-made by this run: `remade`, the outputs of every job to run); where jobs run on this
+    machine, the device and the data (a cluster job finds its GPU, and maybe its data, on its node)."""
+    if not train_jobs:
+        return None
+    local = workflow.local_exec
+    return ((local and _device_problem()) or _unreadable_start(train_jobs, remade)
+            or (local and _data_problem(train_jobs)) or None)
 
 
 _SNAKEMAKE_OWNER = None
