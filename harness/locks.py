@@ -51,10 +51,10 @@ class FileLock:
         return True
 
     def holder(self):
-        """Who holds it, as its file says: 'PID 123 on host h since ...'."""
+        """Who holds it, as its file says: 'PID 123 on host h since 2026-01-01T12:00:00'."""
         try:
             h = json.loads(self.path.read_text())
-            return f"PID {h['pid']} on host {h['host']} (since {h['since']})"
+            return f"PID {h['pid']} on host {h['host']} since {h['since']}"
         except (OSError, ValueError, KeyError, TypeError):
             return "another process"
 
