@@ -1,10 +1,11 @@
 """Command line: `python -m harness <stage> ...`; Snakemake rules call these, and so can you.
 
-  train     --spec JSON --out DIR [--init MODEL.pt] [--evaluate metrics.json]
+  train     --spec JSON --out DIR [--init MODEL.pt] [--evaluate metrics.json] [--data-dir D] [--device X]
                                                      train one run (resumes from DIR/checkpoint.pt),
-                                                     then evaluate it (what the Snakemake rule does)
+                                                     then evaluate it (what the Snakemake rule does);
+                                                     one process per run folder (DIR/.lock)
   evaluate  --spec JSON --model MODEL.pt --out metrics.json   evaluate a trained model again
-  aggregate --out tables.csv METRICS.json...
+  aggregate --out tables.csv [--papers-dir config/papers] METRICS.json...
   runs      [--scale S] [--papers-dir DIR]             list the runs the config would make
   checks    --table tables.csv --out checks.csv [--scale S]   regression checks; exit 1 if one fails
   compare   RESULTS_A RESULTS_B [--tolerance T]       what changed between two result sets
@@ -31,9 +32,14 @@ def main(argv=None):
     e.add_argument("--model", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--threads", type=int)
+    for p in (t, e):   # where and on what: not settings of the result, so not in the rule's --spec
+        p.add_argument("--data-dir", help="data folder (default: the spec's data_dir)")
+        p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: the spec's device)")
     a = sub.add_parser("aggregate")
     a.add_argument("--out", required=True)
     a.add_argument("--scale", help="print the summary of this scale")
+    a.add_argument("--papers-dir", help="read published values and notes from these tables (default: "
+                                        "what each metrics.json recorded)")
     a.add_argument("metrics", nargs="*")
     r = sub.add_parser("runs")
     r.add_argument("--scale")
@@ -72,10 +78,11 @@ def main(argv=None):
         return 1
 
 
-def _spec(text):
-    """A run spec from JSON (or @file: a run's spec.json), checked as the tables check a row."""
+def _spec(text, args=None):
+    """A run spec from JSON (or @file: a run's spec.json), checked as the tables check a row, with
+    --data-dir and --device where given."""
     import json
-    from dataclasses import MISSING, fields
+    from dataclasses import MISSING, fields, replace
 
     from harness.errors import HarnessError
     from harness.registry import suggest
@@ -103,6 +110,9 @@ def _spec(text):
     if missing:
         raise HarnessError(f"{source}: missing {', '.join(missing)}")
     spec = RunSpec(**given)
+    where = {k: v for k, v in (("data_dir", getattr(args, "data_dir", None)),
+                               ("device", getattr(args, "device", None))) if v}
+    spec = replace(spec, **where)
     try:
         check_field_types(spec, "spec")
         check_settings(spec.method, spec.model, spec.dataset, spec.train, spec.method_args, spec.model_args,
@@ -121,21 +131,25 @@ def _evaluate(spec, model, out, threads):
 
 def _dispatch(args):
     if args.cmd == "train":
+        from contextlib import nullcontext
         from harness.errors import HarnessError
+        from harness.locks import run_lock
         from harness.trainer import Trainer, distributed_env
         from models import TORCHVISION_INIT
-        spec = _spec(args.spec)
+        spec = _spec(args.spec, args)
         if spec.init not in (None, TORCHVISION_INIT) and not args.init:
             raise HarnessError(f"--spec starts from {spec.init!r} (its init): give that model's model.pt with --init")
-        Trainer(spec, args.out, args.init, args.threads, log=lambda m: print(m, flush=True),
-                budget_file=args.budget_file).run()
-        if args.evaluate and distributed_env()[0] == 0:   # under DDP, rank 0 alone
-            _evaluate(spec, f"{args.out}/model.pt", args.evaluate, args.threads)
+        rank0 = distributed_env()[0] == 0           # under DDP, rank 0 alone locks, writes and evaluates
+        with run_lock(args.out) if rank0 else nullcontext():
+            Trainer(spec, args.out, args.init, args.threads, log=lambda m: print(m, flush=True),
+                    budget_file=args.budget_file).run()
+            if args.evaluate and rank0:
+                _evaluate(spec, f"{args.out}/model.pt", args.evaluate, args.threads)
     elif args.cmd == "evaluate":
-        _evaluate(_spec(args.spec), args.model, args.out, args.threads)
+        _evaluate(_spec(args.spec, args), args.model, args.out, args.threads)
     elif args.cmd == "aggregate":
         from harness.aggregate import aggregate, summary
-        table = aggregate(args.metrics, args.out)
+        table = aggregate(args.metrics, args.out, args.papers_dir)
         print(summary(table, args.scale))
     elif args.cmd == "runs":
         import yaml

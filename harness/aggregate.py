@@ -1,11 +1,14 @@
 """Gather metrics.json files into results/tables.csv: one row per run and evaluation point, with
-the published value (and its source) beside the measured one, never in its place."""
+the published value (and its source) beside the measured one, never in its place. Published values
+and notes come from the paper tables as they are now (a run's metrics.json holds only the settings
+of its result), so correcting one re-runs no training."""
 import json
 from pathlib import Path
 
 import pandas as pd
 
 from harness import io
+from harness.errors import HarnessError
 
 COLUMNS = ["scale", "paper", "row", "method", "pipeline", "model", "dataset", "level", "level_kind", "seed", "top1", "top5",
            "best_top1", "sparsity", "bits", "compression", "size_bits", "size_budget_bits", "structured_sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",
@@ -15,9 +18,11 @@ COLUMNS = ["scale", "paper", "row", "method", "pipeline", "model", "dataset", "l
            "published_top5", "published_nonzero_params", "published_compression", "published_tolerance"]
 
 
-def rows_from_metrics(metrics):
+def rows_from_metrics(metrics, annotations=None):
+    """The table rows of one run; `annotations`: its row's (published, notes) in the current paper
+    table (else what metrics.json recorded: files written before published values moved out)."""
     spec, train, env = metrics["spec"], metrics.get("train", {}), metrics.get("env", {})
-    pub = spec.get("published") or {}
+    pub, notes = annotations or (spec.get("published") or {}, spec.get("notes"))
     for p in metrics["points"]:
         yield {"scale": spec["scale"], "paper": spec["paper"], "row": spec["row"], "method": spec["method"],
                "model": spec["model"], "dataset": spec["dataset"], "level": p.get("level"),
@@ -36,7 +41,7 @@ def rows_from_metrics(metrics):
                "published_source": pub.get("source"),
                "budget": json.dumps(spec.get("budget") or {}, sort_keys=True),
                "method_args": json.dumps(spec.get("method_args") or {}, sort_keys=True), "init": spec.get("init"),
-               "notes": spec.get("notes"), "commit": env.get("commit"),
+               "notes": notes, "commit": env.get("commit"),
                **{f"published_{k}": pub.get(k) for k in ("top5", "nonzero_params", "compression", "tolerance")}}
 
 
@@ -63,10 +68,33 @@ def add_pipeline(table):
     return table
 
 
-def aggregate(paths, out_csv):
+class CurrentAnnotations:
+    """(published, notes) of each (scale, paper, row), read once per paper table and scale."""
+
+    def __init__(self, papers_dir):
+        self.papers_dir, self.read = papers_dir, {}
+
+    def __call__(self, spec):
+        key = (spec["paper"], spec["scale"])
+        if key not in self.read:
+            self.read[key] = self._load(*key)
+        return self.read[key].get(spec["row"])
+
+    def _load(self, paper, scale):
+        from harness.tables import PaperTable   # imports the model and method registries: only here
+        path = Path(self.papers_dir) / f"{paper}.yaml"
+        try:
+            return PaperTable(path).annotations(scale) if path.exists() else {}
+        except HarnessError:   # a table broken at another scale: the DAG phase reports the selected one
+            return {}
+
+
+def aggregate(paths, out_csv, papers_dir=None):
+    current = CurrentAnnotations(papers_dir) if papers_dir else (lambda spec: None)
     rows = []
     for path in paths:
-        rows += list(rows_from_metrics(json.loads(Path(path).read_text())))
+        metrics = json.loads(Path(path).read_text())
+        rows += list(rows_from_metrics(metrics, current(metrics["spec"])))
     table = add_pipeline(pd.DataFrame(rows, columns=COLUMNS)).sort_values(["scale", "paper", "row", "seed", "level"],
                                                            na_position="first", kind="stable")
     io.save_csv(table, out_csv)

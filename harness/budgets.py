@@ -11,9 +11,11 @@ reference file (`budget: {csv: <path>, column: "90.23"}`). Layers are matched by
 files written for other code (the reference's `layer1.0.conv1` is our `stages.0.0.conv1`), by
 position when the layer count and every layer's parameter count agree."""
 import csv
+import io
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.io import save_text
 
 
 class BudgetError(HarnessError, ValueError):
@@ -28,9 +30,9 @@ def write_budget_csv(layers, path, overall_flops=None):
             ["Overall", total, _int(overall_flops), _pct(1 - nnz / total)]]
     rows += [[f"Layer {i} - {r['layer']}", r["params"], _int(r.get("flops")), _pct(r["sparsity"])]
              for i, r in enumerate(layers, 1)]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    save_text(text.getvalue(), path)
 
 
 def _int(x):

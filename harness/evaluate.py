@@ -1,6 +1,5 @@
 """Evaluate a trained model at each of its method's evaluation points and write metrics.json."""
 import json
-from dataclasses import asdict
 import platform
 import subprocess
 from pathlib import Path
@@ -44,7 +43,8 @@ def evaluate(spec, model_path, out_path, threads=None):
                      **flops(model, info.shape, layers, device), "params": count_params(model),
                      "layers": layers}
         points.append(point)
-    result = {"spec": asdict(spec), "points": points, "method_report": method.report(model),
+    # the settings of the result only: published values and notes are joined in by harness/aggregate.py
+    result = {"spec": spec.result_dict(), "points": points, "method_report": method.report(model),
               "train": {k: v for k, v in train.items() if k != "history"},
               "env": {"torch": torch.__version__, "commit": git_commit(), "host": platform.node(),
                       "device": str(device),

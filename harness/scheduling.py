@@ -34,9 +34,14 @@ def launcher(python, nproc):
     that the venv's torch runs on compute nodes whose PATH lacks .venv/bin). `--standalone` starts
     a rendezvous on a free local port, so jobs sharing a node do not collide; torchrun sets RANK,
     LOCAL_RANK and WORLD_SIZE, from which the trainer sets up DistributedDataParallel. One: plain."""
+    return f"{python} {launch_args(nproc)}"
+
+
+def launch_args(nproc):
+    """`launcher` without the interpreter (the train rule's param: where Python lives decides no result)."""
     if nproc <= 1:
-        return f"{python} -m harness"
-    return f"{python} -m torch.distributed.run --standalone --nproc_per_node={nproc} -m harness"
+        return "-m harness"
+    return f"-m torch.distributed.run --standalone --nproc_per_node={nproc} -m harness"
 
 
 def mem_mb(spec):

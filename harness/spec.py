@@ -1,7 +1,9 @@
 """A run spec: everything one training or evaluation job needs, resolved from a paper table.
 
-Specs travel as JSON (Snakemake passes them as a rule parameter, so a changed row re-runs only
-that row); `spec_id` names the settings that determine a run's result."""
+Specs travel as JSON. Snakemake passes a run's `result_json` as a rule parameter, so a changed
+setting re-runs that run only if it can change its result: the published values and notes (joined
+in by harness/aggregate.py from the current table), the data folder and the device are not part
+of it and travel as their own command-line options."""
 import hashlib
 import json
 import math
@@ -91,6 +93,11 @@ def _has_type(value, typ):
     return isinstance(value, typ) if isinstance(typ, type) else True
 
 
+# what a spec carries beside its result's settings: shown beside the result, or where and on what it
+# runs; changing one re-runs nothing (rules/train.smk) and keeps every checkpoint (harness/trainer.py)
+NOT_RESULT = ("published", "notes", "data_dir", "device")
+
+
 def dataclass_keys(cls):
     return {f.name for f in fields(cls)}
 
@@ -126,9 +133,13 @@ class RunSpec:
     def train_config(self):
         return TrainConfig(**self.train)
 
+    def result_dict(self):
+        """The settings that decide the result: all but NOT_RESULT."""
+        return {k: v for k, v in asdict(self).items() if k not in NOT_RESULT}
+
+    def result_json(self):
+        return json.dumps(self.result_dict(), sort_keys=True, separators=(",", ":"))
+
     def result_fingerprint(self):
-        """Hash of the settings that decide the result (not the published values or notes)."""
-        d = asdict(self)
-        for k in ("published", "notes", "data_dir", "device"):
-            d.pop(k)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the settings that decide the result."""
+        return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True).encode()).hexdigest()[:16]

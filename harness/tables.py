@@ -327,7 +327,7 @@ class PaperTable:
                                             merged.get("dataset_args"), budget, merged.get("init"))
         if merged.get("init") == "pretrain" and self.doc.get("pretrain") is None:
             raise ValueError("init: pretrain needs a `pretrain:` section in this paper table")
-        notes = "; ".join(filter(None, [scale_doc.get("note"), row.get("notes")]))
+        notes = _notes(scale_doc, row)
         return dict(scale=scale, paper=self.name, row=name, method=merged["method"], model=model,
                     dataset=dataset, train=train, model_args=merged.get("model_args") or {},
                     dataset_args=merged.get("dataset_args") or {}, method_args=method_args,
@@ -346,12 +346,23 @@ class PaperTable:
             self._fail(None, f"pretrain: {err}")
         return train
 
+    def annotations(self, scale):
+        """{row: (published, notes)} at `scale`: what tables.csv shows beside a row's results. The
+        aggregation reads them from the table as it is then, so a corrected published value or
+        note shows without re-running anything."""
+        scale_doc = self.doc["scales"].get(scale) or {}
+        return {name: (row.get("published") or {}, _notes(scale_doc, row)) for name, row, _ in self.rows(scale)}
+
     def pretrain_spec(self, spec: RunSpec) -> RunSpec:
         """The shared dense model that `spec` starts from: same model, data, scale and seed."""
         return RunSpec(scale=spec.scale, paper=spec.paper, row=pretrain_row(spec), seed=spec.seed,
                        method="dense", model=spec.model, dataset=spec.dataset, train=self.pretrain_train(spec.scale),
                        model_args=spec.model_args, dataset_args=spec.dataset_args,
                        data_dir=spec.data_dir, device=spec.device)
+
+
+def _notes(scale_doc, row):
+    return "; ".join(filter(None, [scale_doc.get("note"), row.get("notes")]))
 
 
 def pretrain_row(spec):

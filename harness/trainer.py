@@ -18,9 +18,9 @@ samples/s are the whole batch's, summed over ranks."""
 
 import datetime
 import hashlib
+import json
 import os
 import random
-from dataclasses import asdict
 import sys
 import time
 from contextlib import nullcontext
@@ -42,11 +42,19 @@ from harness.spec import PRECISIONS, RunSpec
 
 
 def select_device(name="auto"):
+    """The torch device of `device:` (auto: CUDA when present), or one line saying why it cannot be used."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; set device: auto or cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HarnessError(f"device {name!r}: CUDA is not available on this machine; use device=auto or cpu")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise HarnessError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise HarnessError(f"device {name!r}: MPS is not available on this machine; use device=auto or cpu")
+    return device
 
 
 def seed_everything(seed, device):
@@ -116,6 +124,12 @@ def state_digest(state):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def start_digest(state, inherited):
+    """What a run starts from: the handed-over weights and facts of the stage before it."""
+    facts = hashlib.sha256(json.dumps(inherited, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{state_digest(state)}{facts}"
 
 
 def uses_conv(model):
@@ -188,10 +202,6 @@ class Trainer:
     def __init__(self, spec: RunSpec, out_dir, init_path=None, threads=None, log=print, budget_file=None):
         self.spec, self.cfg, self.out = spec, spec.train_config, Path(out_dir)
         self.init_path, self.log = init_path, log
-        # a checkpoint resumes only the same settings started from the same files: a re-run of the
-        # row this one starts from (or whose budget it takes) makes its checkpoint stale
-        self.fingerprint = "-".join([spec.result_fingerprint(),
-                                     *(io.file_digest(p) for p in (init_path, budget_file) if p)])
         if threads:
             torch.set_num_threads(threads)
         self.rank, self.world, local_rank = distributed_env()
@@ -206,6 +216,12 @@ class Trainer:
             spec, self.device, self.cfg.batch_size, self.cfg.eval_batch_size)
         self.train_loader.shard(self.rank, self.world)
         init_state, inherited = handed_over(init_path, self.info) if init_path else (None, {})
+        # a checkpoint resumes only the same settings started from the same weights and budget: a
+        # re-trained starting model with other weights makes it stale, a model.pt written again
+        # with the same weights does not
+        self.fingerprint = "-".join([spec.result_fingerprint(),
+                                     *([start_digest(init_state, inherited)] if init_path else []),
+                                     *([io.file_digest(budget_file)] if budget_file else [])])
         if spec.init == models.TORCHVISION_INIT:
             init_state = models.torchvision_state(spec.model)
         if spec.budget.get("transfer") and budget_file is None:
@@ -360,8 +376,9 @@ class Trainer:
 
     def run(self):
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.rank == 0:
-            io.save_json(asdict(self.spec), self.out / "spec.json")
+        if self.rank == 0:   # the settings of the result, and where and on what it ran
+            io.save_json({**self.spec.result_dict(), "data_dir": self.spec.data_dir, "device": self.spec.device},
+                         self.out / "spec.json")
         self.try_resume()
         while self.epoch < self.cfg.epochs:
             t0 = time.perf_counter()
@@ -384,7 +401,7 @@ class Trainer:
                    "device": str(self.device), "precision": self.precision, "threads": torch.get_num_threads()}
         if self.rank == 0:
             io.save_torch({"state_dict": self.model.state_dict(), "method": self.method.state_dict(),
-                           "spec": asdict(self.spec), "inherited": self.method.inherited}, self.out / "model.pt")
+                           "spec": self.spec.result_dict(), "inherited": self.method.inherited}, self.out / "model.pt")
             io.save_json(summary, self.out / "train.json")
         if self.world > 1:
             digests = os.environ.get("HARNESS_RANK_DIGESTS")  # for tests: each rank's final weights

@@ -2,6 +2,14 @@
 # process start, torch import and data load for every run. The shared dense model of a paper is a
 # run like any other.
 # A killed job resumes from <run>/checkpoint.pt, which is not a declared output and so survives.
+# Only the settings of a run's result are params (spec.result_json): the data folder and device
+# travel as options written into the shell command (Snakemake's `code` trigger compares the command
+# as written, not its values), published values and notes are joined in by the aggregate rule, so
+# changing any of those re-runs nothing.
+# A job that starts makes results/tables.csv stale, and removes it first: Snakemake re-makes only a
+# missing file that a requested one needs, so if the job then fails (or is killed) after Snakemake
+# deleted its old outputs, the next run re-makes tables.csv and with it this run, instead of keeping
+# a table that lists results which are gone.
 # A run with several GPUs (paper-scale `train.gpus`, or `train.processes`) trains with
 # DistributedDataParallel, one process per GPU started by torchrun inside this one job
 # (harness/scheduling.py: launcher); the job's GPU count decides it, so
@@ -18,10 +26,10 @@ rule train:
         metrics=RUN_DIR + "/metrics.json",   # evaluated in the same process, right after training
         budget=RUN_DIR + "/budget.csv",      # the achieved layer-wise budget, in STR's CSV format
     params:
-        spec=lambda wc: spec_of(wc).to_json(),
+        spec=lambda wc: spec_of(wc).result_json(),
         init=lambda wc, input: f"--init {input.init}" if input.init else "",
         budget=lambda wc, input: f"--budget-file {input.budget}" if input.budget else "",
-        launch=lambda wc, resources: scheduling.launcher(PYTHON, scheduling.processes(spec_of(wc), resources.gpu)),
+        launch=lambda wc, resources: scheduling.launch_args(scheduling.processes(spec_of(wc), resources.gpu)),
     log:
         RUN_DIR + "/train.log",
     benchmark:
@@ -33,5 +41,7 @@ rule train:
         mem_mb=lambda wc: scheduling.mem_mb(spec_of(wc)),
         runtime=lambda wc, attempt: scheduling.runtime_min(spec_of(wc)) * attempt,
     shell:
-        "HARNESS_NO_BAR=1 {params.launch} train --spec {params.spec:q} --out $(dirname {output.model}) "
+        "rm -f {TABLES_CSV}; "
+        "HARNESS_NO_BAR=1 {PYTHON} {params.launch} train --spec {params.spec:q} --out $(dirname {output.model}) "
+        "--data-dir {DATA_DIR:q} --device {DEVICE:q} "
         "{params.init} {params.budget} --evaluate {output.metrics} --threads {threads} > {log} 2>&1"
