@@ -91,6 +91,13 @@ def _train(spec):
     return asdict(TrainConfig(**spec.train))
 
 
+def _method_args(spec):
+    """A spec's method_args with the method's defaults filled in."""
+    from dataclasses import asdict
+    import methods
+    return asdict(methods.get_method(spec.method).Args(**spec.method_args))
+
+
 def _data(spec):
     return {k: spec.dataset_args[k] for k in ("train_size", "test_size") if spec.dataset_args.get(k)}
 
@@ -299,7 +306,66 @@ def _pretrain_name(pre):
     return pretrain_row(pre)
 
 
-PLANNERS = {"hoyer": plan_hoyer, "admm": plan_admm}
+LCS_SCRIPT = {"structured": "train_structured.py", "unstructured": "train_unstructured.py",
+              "quantized": "train_quantized.py"}
+LCS_FIXED = {"structured": "structured", "lec": "structured", "us": "structured", "ns": "structured",
+             "target_topk": "unstructured", "target_bit_width": "quantized"}
+# method_args that are README flags of the reference (lists are comma-joined); which script parses which
+LCS_FLAGS = {"norm": None, "width_factors_list": "structured", "width_factor_limits": "structured",
+             "width_factor_samples": "structured", "eval_width_factors": "structured", "topk": "unstructured",
+             "eval_topk_grid": "unstructured", "topk_lower_bound": "unstructured",
+             "topk_upper_bound": "unstructured", "warmup_budget": "unstructured", "bit_width": "quantized",
+             "eval_bit_widths": "quantized", "bit_width_limits": "quantized"}
+# harness options with no flag: the reference's fixed behaviour, as the harness names it
+LCS_REFERENCE_BEHAVIOUR = {"beta": 1.0, "endpoint_probability": 0.5, "discrete_alpha_map": True,
+                           "topk_gradient": "masked", "eval_alpha": "reference", "fold_bn": True,
+                           "lec_sparsity": 1.0e-5}
+LCS_WARMUP_EPOCHS = 5          # utils.network_and_params: cosine_lr(..., warmup_length=5), lr set per epoch
+
+
+def _lcs_flag(value):
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def plan_lcs(table, specs):
+    stages = {}
+    for spec in specs:
+        if spec.model != "cpreresnet20":
+            raise ValueError(f"lcs: row {spec.row!r}: the laptop reference runs cover cPreResNet20 only")
+        t, a = _train(spec), spec.method_args
+        setting = LCS_FIXED.get(spec.method) or a.get("setting")
+        args = ["--method", spec.method, "--model", "cpreresnet20", "--dataset", "cifar10",
+                "--epochs", str(t["epochs"]), "--test_freq", str(t["epochs"]),
+                "--learning_rate", repr(float(t["lr"])), "--batch_size", str(t["batch_size"]),
+                "--momentum", repr(float(t["momentum"])), "--weight_decay", repr(float(t["weight_decay"])),
+                "--save_dir", "saved"]
+        diffs = []
+        for key, only in LCS_FLAGS.items():
+            if key in a and a[key] is not None and only in (None, setting):
+                args += [f"--{key}", _lcs_flag(a[key])]
+            elif key in a and a[key] is not None and key != "warmup_budget":
+                diffs.append(f"{key}: harness {a[key]}, no such flag for the {setting} script")
+        full = _method_args(spec)
+        if setting != "unstructured" and full["warmup_budget"] != 80:
+            diffs.append(f"warmup_budget: harness {full['warmup_budget']}, reference 80 (its configs; the flag "
+                         f"is parsed for the unstructured script only)")
+        for key, ref in LCS_REFERENCE_BEHAVIOUR.items():
+            if key == "eval_alpha" and not (spec.method == "lcs_l" and setting == "quantized"):
+                continue            # used by quantized lines only
+            if key in full:
+                _differ(diffs, key, full[key], ref)
+        _differ(diffs, "model width", spec.model_args.get("width", 1.0), 1.0)
+        for key, ref in (("optimizer", "sgd"), ("nesterov", False), ("schedule", "cosine"),
+                         ("lr_per_epoch", True), ("label_smoothing", 0.0), ("grad_clip", 0.0)):
+            _differ(diffs, key, t[key], ref)
+        _differ(diffs, "warmup_epochs", t["warmup_epochs"], f"{LCS_WARMUP_EPOCHS} (fixed; lr (e+1)/5 x lr "
+                f"in epoch e < 5, cosine after)")
+        stages[spec.row] = Stage(spec.row, spec.row, "lcs", LCS_SCRIPT[setting], args, parse="lcs",
+                                 data={**_data(spec), "layout": "cifar"}, differences=diffs, post="lcs")
+    return stages
+
+
+PLANNERS = {"hoyer": plan_hoyer, "admm": plan_admm, "lcs": plan_lcs}
 
 
 def plan(paper, rows=None):
@@ -346,6 +412,8 @@ def run_stage(stage, paper, seed, repos, work, threads, nice):
            "--data", json.dumps(stage.data), "--threads", str(threads)]
     if stage.post:
         cmd += ["--post", stage.post]
+    if stage.repo == "lcs":                      # the reference seeds nothing
+        cmd += ["--seed", str(seed)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
     print(f"[{paper} seed {seed}] {stage.name}: {stage.command(seed)}", flush=True)
@@ -385,12 +453,21 @@ def run_paper(paper, stages, seeds, repos, work, threads, nice):
         order.append(name)
     for name in stages:
         visit(name)
-    results = {}
+    results, failed = {}, {}
     for seed in seeds:
         for name in order:
-            res = run_stage(stages[name], paper, seed, repos, work, threads, nice)
+            if stages[name].init in failed:
+                failed[name] = f"starts from {stages[name].init}, which failed"
+                continue
+            try:
+                res = run_stage(stages[name], paper, seed, repos, work, threads, nice)
+            except RuntimeError as err:      # go on with the rows that do not depend on it
+                failed[name] = str(err)
+                print(err, flush=True)
+                continue
             if stages[name].row:
                 results.setdefault(stages[name].row, []).append(res)
+        failed = {}
     return results
 
 
@@ -429,7 +506,13 @@ def parse_admm(text):
     return out
 
 
-PARSERS = {"deephoyer": parse_deephoyer, "admm": parse_admm}
+def parse_lcs(text):
+    """test_metrics.npy of the final evaluation (read by the child): one entry per level."""
+    lines = [ln for ln in text.splitlines() if ln.startswith(RESULT_TAG)]
+    return json.loads(lines[-1][len(RESULT_TAG):])
+
+
+PARSERS = {"deephoyer": parse_deephoyer, "admm": parse_admm, "lcs": parse_lcs}
 
 
 # -- the values: mean, std, n over seeds ----------------------------------------------------------
@@ -447,9 +530,23 @@ def summarize(values):
 REPORTED = {"deephoyer": ("top1", "best_top1", "sparsity"), "admm": ("top1", "sparsity", "bits", "compression")}
 
 
+def level_entries(results):
+    """{level: {top1: {mean, std, n}, sparsity or bits: mean}} over the seeds' per-level results."""
+    out = {}
+    for level in sorted({lv["level"] for r in results for lv in r["levels"]}):
+        at = [lv for r in results for lv in r["levels"] if lv["level"] == level]
+        out[level] = {"top1": summarize([lv["top1"] for lv in at])}
+        for metric in ("sparsity", "bits"):
+            s = summarize([lv.get(metric) for lv in at])
+            if s is not None:
+                out[level][metric] = s["mean"]
+    return out
+
+
 def row_entry(stage, results, repo, commit, seeds):
-    entry = {"top1": summarize([r.get("top1") for r in results])}
-    for metric in REPORTED[stage.parse][1:]:
+    entry = {"levels": level_entries(results)} if stage.parse == "lcs" else \
+        {"top1": summarize([r.get("top1") for r in results])}
+    for metric in REPORTED.get(stage.parse, ("top1",))[1:]:
         s = summarize([r.get(metric) for r in results])
         float_weights = metric in ("bits", "compression") and "--prune" in stage.args   # log2 of distinct floats
         if s is not None and not float_weights:
@@ -481,10 +578,11 @@ def reference_yaml(paper, entries, stages):
 
 def print_table(paper, entries):
     print(f"\n{paper}: reference code at the {SCALE} recipe")
-    print(f"{'row':45} {'top1 mean':>9} {'std':>6} {'n':>2}  other")
+    print(f"{'row':45} {'level':>6} {'top1 mean':>9} {'std':>6} {'n':>2}  other")
     for row, e in entries.items():
-        other = ", ".join(f"{k} {e[k]:.4g}" for k in ("best_top1", "sparsity", "bits", "compression") if k in e)
-        print(f"{row:45} {e['top1']['mean']:9.2f} {e['top1']['std']:6.2f} {e['top1']['n']:2d}  {other}")
+        for level, v in (e["levels"].items() if "levels" in e else [("", e)]):
+            other = ", ".join(f"{k} {v[k]:.4g}" for k in ("best_top1", "sparsity", "bits", "compression") if k in v)
+            print(f"{row:45} {level:>6} {v['top1']['mean']:9.2f} {v['top1']['std']:6.2f} {v['top1']['n']:2d}  {other}")
 
 
 def main(argv=None):
@@ -558,10 +656,47 @@ def _stub_if_missing(name, why="the script imports it without using it", **attrs
         print(f"[reference_runs] {name} is not installed ({why}): stubbed", flush=True)
 
 
-def _patch_environment(kind, data):
+def write_cifar_batches(folder, train_size=None, test_size=None):
+    """The harness's Fashion-MNIST subsets as CIFAR-10 python batches: 28x28 zero-padded to 32x32, the
+    grey value in all three channels; five training batches as CIFAR-10 has."""
+    import pickle
+    import numpy as np
+    from data.registry import _subset
+    from data.sources import load_fashion_mnist
+    train, test = load_fashion_mnist(ROOT / "data" / "downloads")
+    folder = Path(folder) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def rows(x):
+        x = np.pad(x.numpy(), ((0, 0), (2, 2), (2, 2)))
+        return np.repeat(x[:, None], 3, axis=1).reshape(len(x), -1)
+    x, y = _subset(train, train_size)
+    for i, part in enumerate(np.array_split(np.arange(len(y)), 5)):
+        batch = {"batch_label": f"training batch {i + 1} of 5", "data": rows(x[part]), "labels": y[part].tolist()}
+        (folder / f"data_batch_{i + 1}").write_bytes(pickle.dumps(batch))
+    x, y = _subset(test, test_size)
+    (folder / "test_batch").write_bytes(pickle.dumps({"batch_label": "testing batch 1 of 1", "data": rows(x),
+                                                      "labels": y.tolist()}))
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+
+
+def _patch_environment(kind, data, repo):
     """What the swap needs besides the script's own text (module doc)."""
     import torch
     import torchvision
+    if kind == "lcs":
+        import torchvision.datasets.cifar as cifar
+        if not Path("configs").exists():        # read relative to the working folder (the repo root, there)
+            Path("configs").symlink_to(Path(repo) / "configs")
+        write_cifar_batches("data", data.get("train_size"), data.get("test_size"))   # utils reads ./data
+        cifar.CIFAR10._check_integrity = lambda self: True       # fixed MD5 sums of the original batches
+        cifar.check_integrity = lambda path, md5=None: os.path.isfile(path)
+
+        class InProcessLoader(torch.utils.data.DataLoader):   # no worker processes: the 1-core budget
+            def __init__(self, *args, **kw):
+                super().__init__(*args, **{**kw, "num_workers": 0, "pin_memory": False})
+        torch.utils.data.DataLoader = InProcessLoader
     if kind in ("deephoyer", "admm"):
         torchvision.datasets.MNIST = _fashion_mnist_class(data.get("train_size"), data.get("test_size"))
     if kind == "deephoyer":
@@ -598,7 +733,39 @@ def _post_deephoyer(g):
     return {"top1": round(float(top1), 4), "sparsity": round(1 - nz / tot, 6)}
 
 
-POSTS = {"deephoyer": _post_deephoyer}
+def _post_lcs(g):
+    """The final evaluation the script saved (test_metrics.npy: acc, sparsity or num_bits, and the
+    level: alpha for lines, topk/num_bits/width_factor otherwise), one entry per level."""
+    import numpy as np
+    path = sorted(Path(".").rglob("test_metrics.npy"))[-1]
+    m = np.load(path, allow_pickle=True).item()
+    if "width_factor" in m:
+        levels = m["width_factor"]
+    elif "num_bits" in m:
+        levels = m["num_bits"]
+    else:
+        levels = m.get("topk", m.get("alpha"))
+    out = []
+    for i, level in enumerate(levels):
+        entry = {"level": round(float(level), 4), "top1": round(100 * float(m["acc"][i]), 4)}
+        if "sparsity" in m:
+            entry["sparsity"] = round(float(m["sparsity"][i]), 6)
+        out.append(entry)
+    return {"levels": out}
+
+
+POSTS = {"deephoyer": _post_deephoyer, "lcs": _post_lcs}
+
+
+def _forget_harness():
+    """Drop this project's packages from the path and the module cache before the script runs: the
+    reference's own `models` (LCS: a namespace package, which a regular package anywhere on the path
+    would shadow) and `data` must be the ones it imports."""
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None) or ""
+        if path.startswith(str(ROOT) + os.sep) and not path.startswith(str(ROOT / "bench")):
+            del sys.modules[name]
 
 
 def child(argv):
@@ -609,14 +776,22 @@ def child(argv):
     p.add_argument("--data", default="{}")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--post", choices=sorted(POSTS))
+    p.add_argument("--seed", type=int, help="seed python, numpy and torch first (for a script that seeds nothing)")
     p.add_argument("args", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
     import torch
     torch.set_num_threads(a.threads)
+    if a.seed is not None:
+        import random
+        import numpy as np
+        random.seed(a.seed)
+        np.random.seed(a.seed)
+        torch.manual_seed(a.seed)
     script = Path(a.repo) / a.script
     sys.path[:0] = [str(script.parent)]
     sys.path.append(str(ROOT))          # the reference's own modules win a name clash (LCS has `models`)
-    _patch_environment(a.repo_kind, json.loads(a.data))
+    _patch_environment(a.repo_kind, json.loads(a.data), a.repo)
+    _forget_harness()
     args = a.args[1:] if a.args[:1] == ["--"] else a.args
     sys.argv = [str(script), *args]
     g = {"__name__": "__main__", "__file__": str(script), "__builtins__": __builtins__}
