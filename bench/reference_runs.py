@@ -49,6 +49,18 @@ REPOS = {"deephoyer": "github.com/yanghr/DeepHoyer",
          "lcs": "github.com/apple/learning-compressible-subspaces"}
 PAPER_REPO = {"hoyer": "deephoyer", "admm": "admm", "lcs": "lcs"}
 
+# what the child changes besides the scripts' text (see _patch_environment), per repository
+PATCH_NOTES = {
+    "deephoyer": ["torchvision MNIST -> the harness's Fashion-MNIST subset", "--no-cuda",
+                  "scipy.io stubbed when absent (imported, unused)"],
+    "admm": ["torchvision MNIST -> the harness's Fashion-MNIST subset (its own MNIST normalisation kept)",
+             "misc.validate's .cuda() only where CUDA exists", "proxyless_nas stubbed (finetune.py imports it, "
+             "unused)", "torchvision.models.utils -> torch.hub (moved in torchvision 0.12)"],
+    "lcs": ["CIFAR-10 batches written from the harness's Fashion-MNIST subsets (zero-padded to 32x32, grey in 3 "
+            "channels; its own CIFAR normalisation and augmentation kept)", "torchvision's CIFAR10 MD5 check "
+            "skipped", "data loading in the main process (num_workers 0)", "python/numpy/torch seeded with the "
+            "seed (it seeds nothing)", "configs/ linked into the run folder (read relative to it)"],
+}
 # text substitutions on a script's source before it runs: (repo, script file name or "*", old, new, why)
 PATCHES = [
     ("deephoyer", "*", "args.reg_type", "args.reg",
@@ -440,6 +452,13 @@ def _stage_output(name, paper):
 
 def run_paper(paper, stages, seeds, repos, work, threads, nice):
     """{row: [result per seed]} after running every stage in an order that respects `init`."""
+    import fcntl
+    (Path(work) / paper).mkdir(parents=True, exist_ok=True)
+    lock = open(Path(work) / paper / ".lock", "w")
+    try:                    # two runs in one folder would delete each other's unfinished stages
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"error: another reference_runs.py is running in {Path(work) / paper}; wait for it or use --work")
     for name, st in stages.items():
         _OUTPUTS[(paper, name)] = st.output
     order, seen = [], set()
@@ -466,7 +485,7 @@ def run_paper(paper, stages, seeds, repos, work, threads, nice):
                 print(err, flush=True)
                 continue
             if stages[name].row:
-                results.setdefault(stages[name].row, []).append(res)
+                results.setdefault(stages[name].row, []).append({**res, "seed": seed})
         failed = {}
     return results
 
@@ -551,9 +570,11 @@ def row_entry(stage, results, repo, commit, seeds):
         float_weights = metric in ("bits", "compression") and "--prune" in stage.args   # log2 of distinct floats
         if s is not None and not float_weights:
             entry[metric] = s["mean"]
-    entry.update(seeds=list(seeds), wall_s=round(sum(r["wall_s"] for r in results) / len(results), 1),
-                 repo=REPOS[stage.repo], commit=commit, command=stage.command(),
-                 init=stage.init)
+    entry.update(seeds=sorted({r["seed"] for r in results}),
+                 wall_s=round(sum(r["wall_s"] for r in results) / len(results), 1),
+                 repo=REPOS[stage.repo], commit=commit, command=stage.command())
+    if stage.init:
+        entry["init"] = stage.init
     if stage.differences:
         entry["differences"] = list(stage.differences)
     return entry
@@ -567,13 +588,46 @@ def git_commit(path):
         return "unknown"
 
 
-def reference_yaml(paper, entries, stages):
+SECTION_MARK = "# -- reference code runs"   # where the `reference:` section starts in a paper table
+
+
+def _yaml_dumper():
     import yaml
-    pretrain = {n: s.command() for n, s in stages.items() if s.row is None}
-    doc = {"reference": {SCALE: entries}}
-    head = (f"# {paper}: reference code at the laptop recipe (bench/reference_runs.py); starting models and "
-            f"first halves:\n" + "".join(f"#   {n}: {c}\n" for n, c in pretrain.items()))
-    return head + yaml.safe_dump(doc, sort_keys=False, width=120)
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def represent_dict(dumper, data):
+        small = set(data) <= {"mean", "std", "n"} or (isinstance(data.get("top1"), dict) and "levels" not in data
+                                                       and "command" not in data)
+        return dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=small)
+    Dumper.add_representer(dict, represent_dict)
+    Dumper.add_representer(list, lambda d, data: d.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+    return Dumper
+
+
+def reference_yaml(paper, entries, stages):
+    """The `reference:` section of a paper table, with a comment saying how it was made."""
+    import yaml
+    starts = {n: s.command() for n, s in stages.items() if s.row is None}
+    repo = PAPER_REPO[paper]
+    patches = [why for r, _, _, _, why in PATCHES if r == repo] + PATCH_NOTES[repo]
+    head = [f"{SECTION_MARK}: measured values of the reference code ({REPOS[repo]}), not of this harness, at",
+            f"# the {SCALE} recipe of the rows above; derived by bench/reference_runs.py (run it again to check them).",
+            "# Changed in the reference for the swap only: " + "; ".join(patches) + "."]
+    if starts:
+        head.append("# Starting models and first halves (started from by `init`):")
+        head += [f"#   {n}: {c}" for n, c in starts.items()]
+    body = yaml.dump({"reference": {SCALE: entries}}, Dumper=_yaml_dumper(), sort_keys=False, width=1000)
+    return "\n".join(head) + "\n" + body
+
+
+def write_into_table(path, section):
+    """Replace the table's reference section (from SECTION_MARK to the end) with `section`, or append it."""
+    text = Path(path).read_text()
+    if SECTION_MARK in text:
+        text = text[:text.index(SECTION_MARK)].rstrip("\n") + "\n"
+    Path(path).write_text(text.rstrip("\n") + "\n\n" + section)
 
 
 def print_table(paper, entries):
@@ -598,6 +652,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--nice", type=int, default=19)
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--write-tables", action="store_true",
+                   help="also put each section at the end of config/papers/<paper>.yaml (replacing an older one)")
     a = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     repos = {"deephoyer": a.deephoyer, "admm": a.admm, "lcs": a.lcs}
@@ -618,9 +674,13 @@ def main(argv=None):
         commit = git_commit(repo)
         entries = {row: row_entry(stages[row], res, repo, commit, a.seeds) for row, res in results.items()}
         print_table(paper, entries)
+        section = reference_yaml(paper, entries, stages)
         out = Path(a.work) / f"{paper}.reference.yaml"
-        out.write_text(reference_yaml(paper, entries, stages))
+        out.write_text(section)
         print(f"written: {out}")
+        if a.write_tables:
+            write_into_table(ROOT / "config" / "papers" / f"{paper}.yaml", section)
+            print(f"written: the reference section of config/papers/{paper}.yaml")
 
 
 # -- the child: one reference script, patched for the swap -----------------------------------------
