@@ -403,6 +403,24 @@ def stage_dir(work, paper, seed, name):
     return Path(work) / paper / f"seed{seed}" / name.replace("#", "-part")
 
 
+class StageFailed(RuntimeError):
+    def __init__(self, message, reason):
+        super().__init__(message)
+        self.reason = reason
+
+
+def failure_reason(log, rc):
+    """One line from a failed script's log: its exception and where it was raised."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    where = [i for i, ln in enumerate(lines) if re.match(r'File ".+", line \d+, in ', ln)]
+    if not where:
+        return f"exit {rc}: {lines[-1] if lines else 'no output'}"
+    i = where[-1]
+    m = re.match(r'File "(.+)", line (\d+), in (.+)', lines[i])
+    source = lines[i + 1] if i + 1 < len(lines) - 1 else ""
+    return f"{lines[-1]} at {Path(m.group(1)).name}:{m.group(2)} ({m.group(3)}): {source}"
+
+
 def run_stage(stage, paper, seed, repos, work, threads, nice):
     """Run one stage (unless its result.json exists) and return its result."""
     folder = stage_dir(work, paper, seed, stage.name)
@@ -436,7 +454,8 @@ def run_stage(stage, paper, seed, repos, work, threads, nice):
     text = (folder / "log.txt").read_text(errors="replace")
     if rc != 0:
         tail = "\n".join(text.splitlines()[-15:])
-        raise RuntimeError(f"{paper} seed {seed} {stage.name} failed (exit {rc}); log {folder}/log.txt:\n{tail}")
+        raise StageFailed(f"{paper} seed {seed} {stage.name} failed (exit {rc}); log {folder}/log.txt:\n{tail}",
+                          failure_reason(text, rc))
     result = {**PARSERS[stage.parse](text), "wall_s": round(wall, 1), "command": stage.command(seed)}
     done.write_text(json.dumps(result, indent=1))
     print(f"    {wall:.0f} s: {json.dumps({k: v for k, v in result.items() if k != 'command'})}", flush=True)
@@ -472,22 +491,24 @@ def run_paper(paper, stages, seeds, repos, work, threads, nice):
         order.append(name)
     for name in stages:
         visit(name)
-    results, failed = {}, {}
+    results, failures = {}, {}
     for seed in seeds:
+        failed = {}
         for name in order:
             if stages[name].init in failed:
                 failed[name] = f"starts from {stages[name].init}, which failed"
-                continue
-            try:
-                res = run_stage(stages[name], paper, seed, repos, work, threads, nice)
-            except RuntimeError as err:      # go on with the rows that do not depend on it
-                failed[name] = str(err)
-                print(err, flush=True)
-                continue
-            if stages[name].row:
-                results.setdefault(stages[name].row, []).append({**res, "seed": seed})
-        failed = {}
-    return results
+            else:
+                try:
+                    res = run_stage(stages[name], paper, seed, repos, work, threads, nice)
+                except StageFailed as err:       # go on with the rows that do not depend on it
+                    failed[name] = err.reason
+                    print(err, flush=True)
+                else:
+                    if stages[name].row:
+                        results.setdefault(stages[name].row, []).append({**res, "seed": seed})
+            if name in failed and stages[name].row:
+                failures.setdefault(stages[name].row, []).append(f"seed {seed}: {failed[name]}")
+    return results, failures
 
 
 # -- reading the reference's output ---------------------------------------------------------------
@@ -562,21 +583,29 @@ def level_entries(results):
     return out
 
 
-def row_entry(stage, results, repo, commit, seeds):
-    entry = {"levels": level_entries(results)} if stage.parse == "lcs" else \
-        {"top1": summarize([r.get("top1") for r in results])}
+def row_entry(stage, results, failures, commit):
+    """A row's YAML entry: values over the seeds that ran to the end; `failed` says which did not."""
+    if not results:
+        entry = {}
+    elif stage.parse == "lcs":
+        entry = {"levels": level_entries(results)}
+    else:
+        entry = {"top1": summarize([r.get("top1") for r in results])}
     for metric in REPORTED.get(stage.parse, ("top1",))[1:]:
         s = summarize([r.get(metric) for r in results])
         float_weights = metric in ("bits", "compression") and "--prune" in stage.args   # log2 of distinct floats
         if s is not None and not float_weights:
             entry[metric] = s["mean"]
-    entry.update(seeds=sorted({r["seed"] for r in results}),
-                 wall_s=round(sum(r["wall_s"] for r in results) / len(results), 1),
-                 repo=REPOS[stage.repo], commit=commit, command=stage.command())
+    entry["seeds"] = sorted({r["seed"] for r in results})
+    if results:
+        entry["wall_s"] = round(sum(r["wall_s"] for r in results) / len(results), 1)
+    entry.update(repo=REPOS[stage.repo], commit=commit, command=stage.command())
     if stage.init:
         entry["init"] = stage.init
     if stage.differences:
         entry["differences"] = list(stage.differences)
+    if failures:
+        entry["failed"] = list(failures)
     return entry
 
 
@@ -634,6 +663,10 @@ def print_table(paper, entries):
     print(f"\n{paper}: reference code at the {SCALE} recipe")
     print(f"{'row':45} {'level':>6} {'top1 mean':>9} {'std':>6} {'n':>2}  other")
     for row, e in entries.items():
+        for failure in e.get("failed", []):
+            print(f"{row:45} failed: {failure}")
+        if "top1" not in e and "levels" not in e:
+            continue
         for level, v in (e["levels"].items() if "levels" in e else [("", e)]):
             other = ", ".join(f"{k} {v[k]:.4g}" for k in ("best_top1", "sparsity", "bits", "compression") if k in v)
             print(f"{row:45} {level:>6} {v['top1']['mean']:9.2f} {v['top1']['std']:6.2f} {v['top1']['n']:2d}  {other}")
@@ -670,9 +703,10 @@ def main(argv=None):
                     print(f"    differs: {d}")
             continue
         repo = repos[PAPER_REPO[paper]]
-        results = run_paper(paper, stages, a.seeds, repos, a.work, a.threads, a.nice)
+        results, failures = run_paper(paper, stages, a.seeds, repos, a.work, a.threads, a.nice)
         commit = git_commit(repo)
-        entries = {row: row_entry(stages[row], res, repo, commit, a.seeds) for row, res in results.items()}
+        entries = {row: row_entry(stages[row], results.get(row, []), failures.get(row, []), commit)
+                   for row in stages if row in results or row in failures}
         print_table(paper, entries)
         section = reference_yaml(paper, entries, stages)
         out = Path(a.work) / f"{paper}.reference.yaml"

@@ -169,7 +169,8 @@ def reference_lines(rows, references):
         if entry is None:
             reason = f"the reference code was run at {', '.join(sorted(by_scale))} scale, not {r.scale}"
         elif ref is None:
-            reason = f"the reference entry has no top1 at level {r.level}"
+            reason = "the reference entry has no top1" + ("" if pd.isna(r.level) else f" at level {r.level:g}") + \
+                (f"; it failed: {entry['failed'][0]}" if entry.get("failed") else "")
         elif pd.isna(r.top1):
             reason = "top1 was not measured"
         elif r.n_seeds < ref["n"]:
@@ -183,6 +184,8 @@ def reference_lines(rows, references):
             reason = (f"tolerance max({REFERENCE_FLOOR:g}, {REFERENCE_SPREADS:g} x pooled std {spread:.3g}); "
                       f"harness std {r.top1_std:.3g} over {r.n_seeds} seeds, reference std {ref['std']:.3g} "
                       f"over {ref['n']}")
+            if entry.get("failed"):
+                reason += f"; the reference failed on {len(entry['failed'])} more seed(s): {entry['failed'][0]}"
             if not ok:
                 n_diff = len(entry.get("differences") or [])
                 reason = (f"differs from the reference code's run by more than the tolerance "

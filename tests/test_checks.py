@@ -170,6 +170,17 @@ def test_reference_check_counts_only_at_the_scale_the_reference_ran_at():
     assert "lenet300-100-dense" not in set(checks[checks.check == "reference"].row)   # no entry: no line
 
 
+def test_a_reference_that_failed_is_said_so():
+    refs = reference(mean=88.2)
+    entry = refs["gmp"]["laptop"]["lenet300-100-gmp-0.9"]
+    entry["failed"] = ["seed 3: AssertionError at util.py:370 (sparse_quantize)"]
+    got, line = status(run_checks(laptop_table(), references=refs), "reference", "lenet300-100-gmp-0.9")
+    assert got == PASS and "failed on 1 more seed(s): seed 3: AssertionError" in line.reason
+    del entry["top1"]
+    got, line = status(run_checks(laptop_table(), references=refs), "reference", "lenet300-100-gmp-0.9")
+    assert got == NOT_COMPARABLE and line.reason.startswith("the reference entry has no top1; it failed: seed 3")
+
+
 def test_reference_check_per_level():
     table = laptop_table()
     table = pd.concat([table.assign(level=0.25), table.assign(level=0.5, top1=table.top1 - 10)])

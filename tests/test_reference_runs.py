@@ -76,6 +76,20 @@ def test_parse_admm_reads_the_last_evaluation():
     assert got["bits"] == 3.0 and got["compression"] == pytest.approx(1 / 5.0632e-04, rel=1e-3)
 
 
+def test_a_failure_is_told_in_one_line():
+    log = """Traceback (most recent call last):
+  File "/x/train.py", line 374, in <module>
+    sparse_quantize(w)
+  File "/x/util.py", line 370, in sparse_quantize
+    assert torch.isnan(p.data).sum().item() == 0
+           ^^^^^^^^^^^^^^^^
+AssertionError
+"""
+    assert rr.failure_reason(log, 1) == ("AssertionError at util.py:370 (sparse_quantize): "
+                                         "assert torch.isnan(p.data).sum().item() == 0")
+    assert rr.failure_reason("Killed", 137) == "exit 137: Killed"
+
+
 def test_parse_deephoyer_keeps_prun_tune_vs_own_best():
     text = ("Test set: Average loss: 0.4, Accuracy: 8512/10000 (85.12%)\nAccuracy: 85.85%\n"
             + rr.RESULT_TAG + '{"top1": 85.91, "sparsity": 0.88}\n')
@@ -87,15 +101,18 @@ def test_summaries_and_the_section_written_into_a_table(tmp_path):
     stage = rr.Stage("gmp", "gmp", "admm", "train.py", ["--seed", "{seed}"], parse="admm",
                      differences=["weight_decay: harness 0.0, reference 0.0001"])
     results = [{"top1": t, "sparsity": 0.9, "wall_s": 10.0, "seed": i} for i, t in enumerate([85.0, 86.0, 87.0])]
-    entry = rr.row_entry(stage, results, "repo", "abc", [0, 1, 2])
+    entry = rr.row_entry(stage, results, [], "abc")
     assert entry["top1"] == {"mean": 86.0, "std": 1.0, "n": 3} and entry["seeds"] == [0, 1, 2]
     level_stage = rr.Stage("dense", "dense", "lcs", "train_unstructured.py", [], parse="lcs")
     level_results = [{"levels": [{"level": 0.5, "top1": t, "sparsity": 0.5}], "wall_s": 1.0, "seed": i}
                      for i, t in enumerate([70.0, 72.0])]
-    level_entry = rr.row_entry(level_stage, level_results, "repo", "abc", [0, 1])
+    level_entry = rr.row_entry(level_stage, level_results, ["seed 2: AssertionError at util.py:370"], "abc")
+    assert level_entry["seeds"] == [0, 1] and level_entry["failed"] == ["seed 2: AssertionError at util.py:370"]
     assert level_entry["levels"][0.5]["top1"]["mean"] == 71.0 and math.isclose(
         level_entry["levels"][0.5]["top1"]["std"], 2 ** 0.5, rel_tol=1e-3)
 
+    failed_entry = rr.row_entry(stage, [], ["seed 0: AssertionError"], "abc")
+    assert "top1" not in failed_entry and failed_entry["seeds"] == []
     section = rr.reference_yaml("admm", {"gmp": entry, "dense": level_entry}, {"gmp": stage})
     doc = {"title": "t", "source": "s", "scales": {"smoke": {}, "laptop": {"datasets": {"*": "fashion-mnist"}},
                                                    "paper": {}},
