@@ -421,12 +421,40 @@ def failure_reason(log, rc):
     return f"{lines[-1]} at {Path(m.group(1)).name}:{m.group(2)} ({m.group(3)}): {source}"
 
 
-def run_stage(stage, paper, seed, repos, work, threads, nice):
-    """Run one stage (unless its result.json exists) and return its result."""
+DIVERGED = re.compile(r"[Ll]oss[=: ]+nan")      # the three references' training logs
+
+
+def diverged(text):
+    """The harness stops a run at a non-finite loss; a reference run that went NaN counts as failed too
+    (its scripts train on and report chance accuracy)."""
+    m = DIVERGED.search(text)
+    if not m:
+        return None
+    epoch = re.findall(r"(?:Train Epoch|epoch):? (\d+)", text[:m.start()])
+    return "diverged: the training loss became NaN" + (f" in epoch {epoch[-1]}" if epoch else "")
+
+
+def fingerprint(stage, fingerprints):
+    """What decides a stage's result: its script, flags, data and the stage it starts from."""
+    import hashlib
+    key = json.dumps([stage.script, stage.command(), stage.data, fingerprints.get(stage.init)])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def run_stage(stage, paper, seed, repos, work, threads, nice, fp=None):
+    """Run one stage (unless it ran with the same fingerprint `fp`) and return its result, read from
+    its log (so a rule added to the parsers applies to finished runs too)."""
     folder = stage_dir(work, paper, seed, stage.name)
     done = folder / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        old = json.loads(done.read_text())
+        if old.get("fingerprint", fp) == fp and old.get("command") == stage.command(seed):
+            if "fingerprint" not in old:         # a run from before fingerprints: the same command
+                done.write_text(json.dumps({**old, "fingerprint": fp}, indent=1))
+            text = (folder / "log.txt").read_text(errors="replace")
+            if diverged(text):
+                raise StageFailed(f"{paper} seed {seed} {stage.name}: {diverged(text)}", diverged(text))
+            return {**PARSERS[stage.parse](text), "wall_s": old["wall_s"], "command": old["command"]}
     if folder.exists():
         shutil.rmtree(folder)          # an unfinished run starts over (the scripts do not resume)
     folder.mkdir(parents=True)
@@ -456,8 +484,11 @@ def run_stage(stage, paper, seed, repos, work, threads, nice):
         tail = "\n".join(text.splitlines()[-15:])
         raise StageFailed(f"{paper} seed {seed} {stage.name} failed (exit {rc}); log {folder}/log.txt:\n{tail}",
                           failure_reason(text, rc))
-    result = {**PARSERS[stage.parse](text), "wall_s": round(wall, 1), "command": stage.command(seed)}
+    result = {**PARSERS[stage.parse](text), "wall_s": round(wall, 1), "command": stage.command(seed),
+              "fingerprint": fp}
     done.write_text(json.dumps(result, indent=1))
+    if diverged(text):
+        raise StageFailed(f"{paper} seed {seed} {stage.name}: {diverged(text)}", diverged(text))
     print(f"    {wall:.0f} s: {json.dumps({k: v for k, v in result.items() if k != 'command'})}", flush=True)
     return result
 
@@ -469,13 +500,14 @@ def _stage_output(name, paper):
     return _OUTPUTS[(paper, name)]
 
 
-def run_paper(paper, stages, seeds, repos, work, threads, nice):
+def run_paper(paper, stages, seeds, repos, work, threads, nice, collect=False):
     """{row: [result per seed]} after running every stage in an order that respects `init`."""
     import fcntl
     (Path(work) / paper).mkdir(parents=True, exist_ok=True)
     lock = open(Path(work) / paper / ".lock", "w")
     try:                    # two runs in one folder would delete each other's unfinished stages
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not collect:     # (collecting only reads)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         sys.exit(f"error: another reference_runs.py is running in {Path(work) / paper}; wait for it or use --work")
     for name, st in stages.items():
@@ -491,22 +523,29 @@ def run_paper(paper, stages, seeds, repos, work, threads, nice):
         order.append(name)
     for name in stages:
         visit(name)
+    fps = {}
+    for name in order:
+        fps[name] = fingerprint(stages[name], fps)
     results, failures = {}, {}
     for seed in seeds:
         failed = {}
         for name in order:
-            if stages[name].init in failed:
-                failed[name] = f"starts from {stages[name].init}, which failed"
+            init = stages[name].init
+            if init in failed:                  # None: not run yet (--collect), nor is this
+                root = failed[init] and failed[init].split(" failed: ", 1)[-1]
+                failed[name] = root and f"starts from {init}, which failed: {root}"
+            elif collect and not (stage_dir(work, paper, seed, name) / "result.json").exists():
+                failed[name] = None             # not run yet: neither a value nor a failure
             else:
                 try:
-                    res = run_stage(stages[name], paper, seed, repos, work, threads, nice)
+                    res = run_stage(stages[name], paper, seed, repos, work, threads, nice, fps[name])
                 except StageFailed as err:       # go on with the rows that do not depend on it
                     failed[name] = err.reason
                     print(err, flush=True)
                 else:
                     if stages[name].row:
                         results.setdefault(stages[name].row, []).append({**res, "seed": seed})
-            if name in failed and stages[name].row:
+            if failed.get(name) and stages[name].row:
                 failures.setdefault(stages[name].row, []).append(f"seed {seed}: {failed[name]}")
     return results, failures
 
@@ -685,6 +724,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--nice", type=int, default=19)
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing new: the values of the runs already finished in --work")
     p.add_argument("--write-tables", action="store_true",
                    help="also put each section at the end of config/papers/<paper>.yaml (replacing an older one)")
     a = p.parse_args(argv)
@@ -703,7 +744,7 @@ def main(argv=None):
                     print(f"    differs: {d}")
             continue
         repo = repos[PAPER_REPO[paper]]
-        results, failures = run_paper(paper, stages, a.seeds, repos, a.work, a.threads, a.nice)
+        results, failures = run_paper(paper, stages, a.seeds, repos, a.work, a.threads, a.nice, a.collect)
         commit = git_commit(repo)
         entries = {row: row_entry(stages[row], results.get(row, []), failures.get(row, []), commit)
                    for row in stages if row in results or row in failures}
