@@ -126,3 +126,16 @@ def test_summaries_and_the_section_written_into_a_table(tmp_path):
     table = PaperTable(path)                    # the schema accepts it and its rows exist at laptop scale
     assert len(table.specs("laptop", [0])) == 2
     assert table.doc["reference"]["laptop"]["gmp"]["top1"]["n"] == 3
+
+
+def test_a_nan_loss_is_a_divergence_and_a_changed_start_reruns_a_stage():
+    assert rr.diverged("+--- epoch 0, batch 79/79 ---+\nPrimal update: Loss=nan (losses_avg=nan)") == \
+        "diverged: the training loss became NaN in epoch 0"
+    assert rr.diverged("Train Epoch: 2 [0/20000]  Loss: nan") == "diverged: the training loss became NaN in epoch 2"
+    assert rr.diverged("Loss 0.40\tPrec@1 0.85 losses_avg=0.3") is None
+    first = rr.Stage("a", None, "admm", "train.py", ["--lr", "0.05"])
+    second = rr.Stage("b", "b", "admm", "train.py", ["--pretrain", "init.pt"], init="a")
+    fps = {"a": rr.fingerprint(first, {})}
+    before = rr.fingerprint(second, fps)
+    fps["a"] = rr.fingerprint(rr.Stage("a", None, "admm", "train.py", ["--lr", "0.01"]), {})
+    assert rr.fingerprint(second, fps) != before
