@@ -1,6 +1,6 @@
 """Regression checks on results/tables.csv, written to results/checks.csv: one line per check.
 
-Three kinds of check (the `check` column), on each row's mean over its seeds:
+Four kinds of check (the `check` column), on each row's mean over its seeds:
 
 - `published`: a measured metric against the number the row's `published:` entry gives. Published
   numbers describe the paper's setup, so only rows at the paper scale are comparable; at the other
@@ -8,6 +8,12 @@ Three kinds of check (the `check` column), on each row's mean over its seeds:
 - `budget`: a pruning row reaches its `budget.sparsity` (every scale); a budget that sets more
   (`layerwise`, ...) is not comparable. A row whose method has a bit budget (ADMM's nnz_budget x
   bit_budget, `size_budget_bits`) stores at most that many bits (`size_bits`).
+- `reference`: a row's mean top-1 against the mean of the paper's reference code run at the same
+  recipe (the table's top-level `reference: {<scale>: {<row>: ...}}`, written by
+  bench/reference_runs.py; per `level` for rows evaluated at several). Comparable only at the scale
+  the reference was run at, and only when the row ran at least as many seeds as the reference did:
+  the tolerance is REFERENCE_SPREADS x the pooled standard deviation of the two sets of seeds, at
+  least REFERENCE_FLOOR points, so it needs the harness's own spread over as many repeats.
 - `dense`: a model's dense row is not worse than the best pruned row (any non-dense row with
   sparsity > 0 or compression > 1) of the same model, data, paper and scale by more than a noise margin (every scale):
   a dense baseline that loses to pruning by a wide margin was trained too little or wrongly.
@@ -32,6 +38,8 @@ PASS, FAIL, NOT_COMPARABLE = "pass", "fail", "not comparable"
 COMPARABLE_SCALE = "paper"
 BUDGET_TOLERANCE = 1e-3
 DENSE_MARGIN = 1.0  # accuracy points
+REFERENCE_SPREADS = 2.0   # tolerance of a reference check: this many pooled standard deviations ...
+REFERENCE_FLOOR = 0.5     # ... and at least this many accuracy points
 TOLERANCE_UNIT = {"top1": "points", "top5": "points", "sparsity": "fraction",
                   "nonzero_params": "relative", "flops": "relative", "compression": "relative"}
 PUBLISHED = [f"published_{m}" for m in TOLERANCE_UNIT]
@@ -103,7 +111,8 @@ def seed_means(table):
     mean = ["top1", "top5", "sparsity", "nonzero_params", "flops", "compression",
             *[c for c in ("size_bits", "size_budget_bits") if c in table]]
     return table.groupby(KEYS, dropna=False, sort=False).agg(
-        seeds=("seed", lambda s: ",".join(map(str, sorted(s.unique())))),
+        seeds=("seed", lambda s: ",".join(map(str, sorted(s.unique())))), n_seeds=("seed", "nunique"),
+        top1_std=("top1", "std"),
         **{c: (c, "first") for c in first}, **{c: (c, "mean") for c in mean}).reset_index()
 
 
@@ -133,6 +142,59 @@ def published_lines(rows, default_tolerance):
             else:
                 status, reason = FAIL, "differs from the published value by more than the tolerance"
             yield _line(r, "published", metric, expected, measured, tolerance, status, reason)
+
+
+def pooled_std(s1, n1, s2, n2):
+    """The standard deviation of two samples pooled (each with its own mean): a shared noise level."""
+    dof = n1 + n2 - 2
+    return float(np.sqrt(((n1 - 1) * s1 ** 2 + (n2 - 1) * s2 ** 2) / dof)) if dof > 0 else 0.0
+
+
+def reference_values(entry, level):
+    """The reference's {mean, std, n} of top-1 for a row's entry at `level` (NaN: a row without levels)."""
+    if pd.isna(level):
+        return entry.get("top1")
+    for key, values in (entry.get("levels") or {}).items():
+        if abs(float(key) - float(level)) < 1e-6:
+            return values.get("top1")
+    return None
+
+
+def reference_lines(rows, references):
+    """`reference` checks of every row that has a reference entry at some scale."""
+    for r in rows.itertuples():
+        by_scale = references.get(r.paper) or {}
+        if not any(r.row in (by_scale.get(s) or {}) for s in by_scale):
+            continue
+        entry = (by_scale.get(r.scale) or {}).get(r.row)
+        ref = reference_values(entry, r.level) if entry else None
+        expected = ref["mean"] if ref else np.nan
+        tolerance, status, reason = np.nan, NOT_COMPARABLE, ""
+        if entry is None:
+            reason = f"the reference code was run at {', '.join(sorted(by_scale))} scale, not {r.scale}"
+        elif ref is None:
+            reason = "the reference entry has no top1" + ("" if pd.isna(r.level) else f" at level {r.level:g}") + \
+                (f"; it failed: {entry['failed'][0]}" if entry.get("failed") else "")
+        elif pd.isna(r.top1):
+            reason = "top1 was not measured"
+        elif r.n_seeds < ref["n"]:
+            reason = (f"fewer seeds than the reference ({r.n_seeds} < {ref['n']}): its tolerance needs the "
+                      f"spread of as many; run with --config seeds=[{','.join(map(str, range(ref['n'])))}]")
+        else:
+            spread = pooled_std(0.0 if pd.isna(r.top1_std) else r.top1_std, r.n_seeds, ref["std"], ref["n"])
+            tolerance = max(REFERENCE_FLOOR, REFERENCE_SPREADS * spread)
+            ok = abs(r.top1 - expected) <= tolerance
+            status = PASS if ok else FAIL
+            reason = (f"tolerance max({REFERENCE_FLOOR:g}, {REFERENCE_SPREADS:g} x pooled std {spread:.3g}); "
+                      f"harness std {r.top1_std:.3g} over {r.n_seeds} seeds, reference std {ref['std']:.3g} "
+                      f"over {ref['n']}")
+            if entry.get("failed"):
+                reason += f"; the reference failed on {len(entry['failed'])} more seed(s): {entry['failed'][0]}"
+            if not ok:
+                n_diff = len(entry.get("differences") or [])
+                reason = (f"differs from the reference code's run by more than the tolerance "
+                          f"({n_diff} recipe difference(s) listed in its entry); " + reason)
+        yield _line(r, "reference", "top1", expected, r.top1, tolerance, status, reason)
 
 
 @functools.cache
@@ -184,10 +246,12 @@ def dense_lines(rows, margin):
             yield _line(r, "dense", "top1", best.top1, r.top1, margin, PASS if ok else FAIL, reason)
 
 
-def run_checks(table, default_tolerance=None, margin=DENSE_MARGIN):
-    """Every check of `table` (a results/tables.csv DataFrame) as a checks.csv DataFrame."""
+def run_checks(table, default_tolerance=None, margin=DENSE_MARGIN, references=None):
+    """Every check of `table` (a results/tables.csv DataFrame) as a checks.csv DataFrame;
+    `references`: {paper: the table's `reference:` section}."""
     rows = seed_means(table)
-    lines = [*published_lines(rows, default_tolerance or {}), *budget_lines(rows), *dense_lines(rows, margin)]
+    lines = [*published_lines(rows, default_tolerance or {}), *reference_lines(rows, references or {}),
+             *budget_lines(rows), *dense_lines(rows, margin)]
     return pd.DataFrame(lines, columns=COLUMNS).sort_values(["scale", "paper", "row"], kind="stable",
                                                            ignore_index=True)
 
@@ -216,7 +280,8 @@ def summary(checks, scale=None):
 def check(table_csv, out_csv, papers_dir="config/papers", scale=None, margin=DENSE_MARGIN):
     """Write checks.csv, print the summary, then raise ChecksFailed when a check at `scale` (at any
     scale when None) failed."""
-    checks = run_checks(read_results(table_csv), paper_settings("default_tolerance", papers_dir), margin)
+    checks = run_checks(read_results(table_csv), paper_settings("default_tolerance", papers_dir), margin,
+                        paper_settings("reference", papers_dir))
     write_checks(checks, out_csv)
     print(summary(checks, scale), flush=True)
     failed = checks[checks.status == FAIL]

@@ -275,6 +275,10 @@ class PaperTable:
             self.pretrain_train(scale)
         out, starts_from, written_as = [], {}, {}
         names = {name for name, row, _ in self.rows(scale) if not row.get("at_scales") or scale in row["at_scales"]}
+        for name in ((self.doc.get("reference") or {}).get(scale) or {}):
+            if name not in names:       # e.g. a row renamed after its reference run
+                self._fail(None, f"reference.{scale}: {name!r} is not a row of this table at scale {scale}; "
+                                 f"{_suggest(name, names)} (rename the entry with its row)")
         for name, row, written in self.rows(scale):
             if row.get("at_scales") and scale not in row["at_scales"]:
                 continue

@@ -9,7 +9,7 @@ import yaml
 
 from harness.__main__ import main
 from harness.aggregate import COLUMNS
-from harness.checks import FAIL, NOT_COMPARABLE, PASS, run_checks
+from harness.checks import FAIL, NOT_COMPARABLE, PASS, REFERENCE_FLOOR, pooled_std, run_checks
 from harness.compare import compare
 from harness.tables import runs_for
 from tests.conftest import snakemake
@@ -112,6 +112,86 @@ def test_dense_row_may_not_trail_its_pruned_rows_beyond_the_margin():
                   "lenet300-100-dense")[0] == PASS
 
 
+def reference(mean=88.0, std=0.3, n=3, scale="laptop", row="lenet300-100-gmp-0.9", levels=None):
+    """A table's `reference:` section as bench/reference_runs.py writes it, for one row."""
+    entry = {"seeds": list(range(n)), "repo": "github.com/x/y", "commit": "abc", "command": "python x.py",
+             "differences": ["weight_decay: harness 0.0, reference 0.0001"]}
+    entry.update({"levels": levels} if levels else {"top1": {"mean": mean, "std": std, "n": n}})
+    return {"gmp": {scale: {row: entry}}}
+
+
+def laptop_table(gmp_top1=(88.0, 88.4, 87.6), scale="laptop"):
+    """Three seeds of the laptop rows; the GMP row's top-1 per seed as given (mean 88.0, std 0.4)."""
+    table = results_table(scale, seeds=range(len(gmp_top1)))
+    for seed, top1 in enumerate(gmp_top1):
+        table.loc[(table.method == "gmp") & (table.seed == seed), "top1"] = top1
+    return table
+
+
+def test_pooled_std_of_two_samples():
+    # harness std 0.4 over 3 seeds, reference 0.3 over 3: sqrt((2 * 0.16 + 2 * 0.09) / 4) = 0.3536
+    assert pooled_std(0.4, 3, 0.3, 3) == pytest.approx(0.353553, abs=1e-6)
+    assert pooled_std(0.4, 3, 0.3, 5) == pytest.approx(((2 * 0.16 + 4 * 0.09) / 6) ** 0.5)
+    assert pooled_std(0.0, 1, 0.0, 1) == 0.0
+
+
+def test_reference_check_passes_within_twice_the_pooled_std_and_fails_beyond():
+    # tolerance 2 x 0.3536 = 0.707 points: the reference's 88.6 is 0.6 away (pass), 88.8 is 0.8 (fail)
+    got, line = status(run_checks(laptop_table(), references=reference(mean=88.6)), "reference",
+                       "lenet300-100-gmp-0.9")
+    assert got == PASS and line.tolerance == pytest.approx(0.7071, abs=1e-4) and line.expected == 88.6
+    assert line.measured == pytest.approx(88.0) and "pooled std 0.354" in line.reason
+    got, line = status(run_checks(laptop_table(), references=reference(mean=88.8)), "reference",
+                       "lenet300-100-gmp-0.9")
+    assert got == FAIL and line.difference == pytest.approx(-0.8)
+    assert "1 recipe difference(s)" in line.reason
+
+
+def test_reference_tolerance_has_a_floor_when_both_spreads_are_tiny():
+    table = laptop_table(gmp_top1=(88.0, 88.0, 88.0))
+    got, line = status(run_checks(table, references=reference(mean=88.45, std=0.0)), "reference",
+                       "lenet300-100-gmp-0.9")
+    assert got == PASS and line.tolerance == REFERENCE_FLOOR
+    assert status(run_checks(table, references=reference(mean=88.55, std=0.0)), "reference",
+                  "lenet300-100-gmp-0.9")[0] == FAIL
+
+
+def test_reference_check_needs_as_many_seeds_as_the_reference():
+    got, line = status(run_checks(laptop_table(gmp_top1=(88.0,)), references=reference(mean=80.0)), "reference",
+                       "lenet300-100-gmp-0.9")
+    assert got == NOT_COMPARABLE and "fewer seeds than the reference (1 < 3)" in line.reason
+    assert "seeds=[0,1,2]" in line.reason and pd.isna(line.tolerance)
+
+
+def test_reference_check_counts_only_at_the_scale_the_reference_ran_at():
+    checks = run_checks(laptop_table(scale="smoke"), references=reference(mean=80.0))
+    got, line = status(checks, "reference", "lenet300-100-gmp-0.9")
+    assert got == NOT_COMPARABLE and "run at laptop scale, not smoke" in line.reason
+    assert "lenet300-100-dense" not in set(checks[checks.check == "reference"].row)   # no entry: no line
+
+
+def test_a_reference_that_failed_is_said_so():
+    refs = reference(mean=88.2)
+    entry = refs["gmp"]["laptop"]["lenet300-100-gmp-0.9"]
+    entry["failed"] = ["seed 3: AssertionError at util.py:370 (sparse_quantize)"]
+    got, line = status(run_checks(laptop_table(), references=refs), "reference", "lenet300-100-gmp-0.9")
+    assert got == PASS and "failed on 1 more seed(s): seed 3: AssertionError" in line.reason
+    del entry["top1"]
+    got, line = status(run_checks(laptop_table(), references=refs), "reference", "lenet300-100-gmp-0.9")
+    assert got == NOT_COMPARABLE and line.reason.startswith("the reference entry has no top1; it failed: seed 3")
+
+
+def test_reference_check_per_level():
+    table = laptop_table()
+    table = pd.concat([table.assign(level=0.25), table.assign(level=0.5, top1=table.top1 - 10)])
+    levels = {0.25: {"top1": {"mean": 88.2, "std": 0.3, "n": 3}},
+              0.5: {"top1": {"mean": 88.0, "std": 0.3, "n": 3}}}
+    checks = run_checks(table, references=reference(levels=levels))
+    lines = checks[(checks.check == "reference") & (checks.row == "lenet300-100-gmp-0.9")].set_index("level")
+    assert lines.status.to_dict() == {0.25: PASS, 0.5: FAIL}
+    assert lines.expected[0.5] == 88.0 and lines.measured[0.5] == pytest.approx(78.0)
+
+
 def write(table, folder):
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / "tables.csv", index=False)
@@ -133,6 +213,17 @@ def test_checks_command_writes_checks_csv_then_fails_in_one_line(tmp_path, capsy
     assert (checks.status == FAIL).sum() == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(errors) == 1 and errors[0].startswith("error: 1 check(s) failed") and "lenet300-100-dense" in errors[0]
+
+
+def test_checks_command_reads_the_reference_section_of_each_table(tmp_path):
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    (papers / "gmp.yaml").write_text(yaml.safe_dump({"default_tolerance": 0.5, "reference": reference(mean=90.0)["gmp"]}))
+    write(laptop_table(), tmp_path)
+    assert main(["checks", "--table", str(tmp_path / "tables.csv"), "--out", str(tmp_path / "checks.csv"),
+                 "--papers-dir", str(papers), "--scale", "laptop"]) == 1
+    line = pd.read_csv(tmp_path / "checks.csv").query("check == 'reference'").iloc[0]
+    assert line.status == FAIL and line.row == "lenet300-100-gmp-0.9" and line.expected == 90.0
 
 
 def test_compare_reports_a_planted_change_and_rows_on_one_side(tmp_path, capsys):

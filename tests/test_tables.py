@@ -90,6 +90,12 @@ def test_yaml_floats_written_without_a_dot_are_accepted(tmp_path):
     (lambda d: d["rows"]["dense"].update(published={"top1": 98.0}), "published is missing a field: 'source' is a required property"),
     (lambda d: d.pop("pretrain"), "init: pretrain needs a `pretrain:` section"),
     (lambda d: d["scales"].update(lapotp={}), "unknown key 'lapotp' in scales"),
+    (lambda d: d.update(reference={"laptop": {"gpm": {"top1": {"mean": 85.0, "std": 0.2, "n": 3}, "seeds": [0, 1, 2],
+                                                       "repo": "r", "commit": "c", "command": "python x.py"}}}),
+     "reference.laptop: 'gpm' is not a row of this table at scale laptop; did you mean 'gmp'?"),
+    (lambda d: d.update(reference={"laptop": {"gmp": {"top1": {"mean": 85.0, "n": 3}, "seeds": [0],
+                                                       "repo": "r", "commit": "c", "command": "python x.py"}}}),
+     "'std' is a required property"),
 ])
 def test_mistakes_give_one_line_naming_file_row_and_fix(tmp_path, edit, expected):
     assert expected in error(tmp_path, edit)
@@ -144,3 +150,12 @@ def test_duplicate_row_names_are_an_error(tmp_path):
     path.write_text(yaml.safe_dump(BASE, sort_keys=False) + "  dense: {method: dense, model: lenet5-caffe}\n")
     with pytest.raises(TableError, match=r"dup.yaml: not valid YAML at line \d+: duplicate key 'dense'"):
         PaperTable(path)
+
+
+def test_a_reference_entry_per_row_or_per_level_is_accepted(tmp_path):
+    entry = {"seeds": [0, 1, 2], "repo": "github.com/x/y", "commit": "abc", "command": "python x.py --seed {seed}",
+             "init": None, "differences": ["weight_decay: harness 0.0, reference 0.0001"], "wall_s": 12.0}
+    reference = {"laptop": {"gmp": {**entry, "top1": {"mean": 85.0, "std": 0.2, "n": 3}, "sparsity": 0.9},
+                            "dense": {**entry, "levels": {0.25: {"top1": {"mean": 70.0, "std": 1.0, "n": 3},
+                                                                 "sparsity": 0.5}}}}}
+    assert len(table(tmp_path, lambda d: d.update(reference=reference)).specs("laptop", [0])) == 2
