@@ -278,7 +278,7 @@ class PaperTable:
         for name in ((self.doc.get("reference") or {}).get(scale) or {}):
             if name not in names:       # e.g. a row renamed after its reference run
                 self._fail(None, f"reference.{scale}: {name!r} is not a row of this table at scale {scale}; "
-                                 f"{_suggest(name, names)} (rename the entry with its row)")
+                                 f"{suggest(name, names)} (rename the entry with its row)")
         for name, row, written in self.rows(scale):
             if row.get("at_scales") and scale not in row["at_scales"]:
                 continue
