@@ -10,9 +10,10 @@ include: "rules/aggregate.smk"
 include: "rules/checks.smk"
 include: "rules/figures.smk"
 include: "rules/leaderboard.smk"
+include: "rules/parity.smk"
 
 # seconds of pandas and plotting: not worth a cluster job each
-localrules: aggregate, checks, paper_figures, overview_figure, leaderboard
+localrules: aggregate, checks, paper_figures, overview_figure, leaderboard, parity
 
 
 rule all:

@@ -10,6 +10,7 @@
   checks    --table tables.csv --out checks.csv [--scale S]   regression checks; exit 1 if one fails
   compare   RESULTS_A RESULTS_B [--tolerance T]       what changed between two result sets
   figures   --table tables.csv --scale S --out DIR [--only PAPER|overview]
+  parity    --table tables.csv --scale S [--out parity.csv] [--figures DIR]   the reference checks alone
   leaderboard --table tables.csv --out leaderboard.csv [--scale S]   every method at the same targets
 """
 import argparse
@@ -63,6 +64,12 @@ def main(argv=None):
     f.add_argument("--out", required=True, help="folder, e.g. results/figures/<scale>")
     f.add_argument("--only", help="one paper, or 'overview' (default: all)")
     f.add_argument("--papers-dir", default="config/papers", help="where the papers' titles are read")
+    p = sub.add_parser("parity")
+    p.add_argument("--table", required=True, help="tables.csv of the parity runs (several seeds)")
+    p.add_argument("--out", default="results/parity.csv")
+    p.add_argument("--figures", help="folder for one side-by-side figure per paper")
+    p.add_argument("--scale", required=True)
+    p.add_argument("--papers-dir", default="config/papers", help="where the tables' reference sections are read")
     b = sub.add_parser("leaderboard")
     b.add_argument("--table", default="results/tables.csv")
     b.add_argument("--out", default="results/leaderboard.csv")
@@ -175,8 +182,15 @@ def _dispatch(args):
     elif args.cmd == "figures":
         from harness.checks import paper_settings, read_results
         from harness.figures import figures
-        titles = paper_settings("title", args.papers_dir)
-        for png in figures(read_results(args.table), args.scale, args.out, args.only, titles):
+        titles, references = paper_settings("title", args.papers_dir), paper_settings("reference", args.papers_dir)
+        for png in figures(read_results(args.table), args.scale, args.out, args.only, titles, references):
+            print(png)
+    elif args.cmd == "parity":
+        from harness.checks import paper_settings, parity, read_results
+        from harness.figures import parity_figures
+        table, references = read_results(args.table), paper_settings("reference", args.papers_dir)
+        parity(table, args.out, references, args.scale)
+        for png in parity_figures(table, references, args.scale, args.figures) if args.figures else []:
             print(png)
     elif args.cmd == "leaderboard":
         from harness.leaderboard import summary, write_leaderboard

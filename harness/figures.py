@@ -17,7 +17,11 @@ standard deviation), hollow markers for published ones, and each dense row as a 
 import textwrap
 from pathlib import Path
 
-from harness.checks import COMPARABLE_SCALE, ResultsError
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from harness.checks import COMPARABLE_SCALE, ResultsError, reference_values
 from harness.paper_figures import default_figures
 from harness import plots
 from harness.plots import curves, legend_handles, marker_map, palette, panels, save, shared_style, tradeoff
@@ -45,14 +49,66 @@ def overview(rows, titles=None):
     return fig
 
 
+def parity_figure(rows, entries):
+    """This harness against the reference code run at the same recipe (a table's `reference:`
+    entries at this scale): for every row, and level, with an entry, both mean top-1 accuracies
+    side by side, bars of one standard deviation over seeds, the numbers of seeds in the label."""
+    items = []
+    for (row, level), group in rows.groupby(["row", "level"], dropna=False, sort=True):
+        ref = reference_values(entries[row], level) if row in entries else None
+        if ref is not None:
+            items.append((row + ("" if pd.isna(level) else f" @ {level:g}"), group.top1.mean(),
+                          group.top1.std() if len(group) > 1 else 0.0, group.seed.nunique(), ref))
+    if not items:
+        return None
+    harness_color, reference_color = palette(["harness", "reference"]).values()
+    fig = Figure(figsize=(8.0, 1.4 + 0.3 * len(items)), layout="constrained")
+    ax = fig.subplots()
+    for y, (_, mean, std, _, ref) in enumerate(items):
+        ax.errorbar(mean, y - 0.15, xerr=std, fmt="o", color=harness_color, capsize=2)
+        ax.errorbar(ref["mean"], y + 0.15, xerr=ref.get("std", 0.0), fmt="D", color=reference_color, mfc="none",
+                    capsize=2)
+    ax.set_yticks(range(len(items)), [f"{label}  (n = {n} / {ref['n']})" for label, _, _, n, ref in items],
+                  fontsize="small")
+    ax.set_ylim(len(items) - 0.5, -0.5)
+    ax.set_xlabel("top-1 accuracy (%), mean ± sd over seeds")
+    fig.legend(handles=[Line2D([], [], color=harness_color, marker="o", ls="", label="this harness"),
+                        Line2D([], [], color=reference_color, marker="D", mfc="none", ls="",
+                               label="the paper's reference code, same recipe and images")],
+               loc="outside lower center", ncols=2, frameon=False)
+    fig.suptitle(f"{rows.paper.iloc[0]}, {rows.scale.iloc[0]} scale: this harness and the reference code "
+                 f"side by side (n = seeds here / there)", fontsize="medium")
+    return fig
+
+
+def reference_entries(references, paper, scale):
+    return ((references or {}).get(paper) or {}).get(scale) or {}
+
+
+def parity_figures(table, references, scale, out_dir):
+    """The parity target's figures: <out_dir>/<paper>.png|pdf for each paper with reference entries."""
+    written = []
+    with shared_style():
+        for paper in sorted(references):
+            rows = table[(table.paper == paper) & (table.scale == scale)]
+            entries = reference_entries(references, paper, scale)
+            fig = parity_figure(rows, entries) if entries and not rows.empty else None
+            if fig is not None:
+                save(fig, Path(out_dir) / paper)
+                written.append(Path(out_dir) / f"{paper}.png")
+    return written
+
+
 def paper_figures(rows):
     paper = rows.paper.iloc[0]
     return (plots.FIGURES.get(paper) if paper in plots.FIGURES.names() else default_figures)(rows)
 
 
-def figures(table, scale, out_dir, only=None, titles=None):
+def figures(table, scale, out_dir, only=None, titles=None, references=None):
     """Draw `scale`'s figures into out_dir: the overview and every paper's, or only one of them
-    (`only`: a paper, or "overview"). Returns the PNGs written."""
+    (`only`: a paper, or "overview"). A paper with the reference code's values at this scale
+    (`references`: {paper: its table's `reference:` section}) also gets `reference`, this harness and
+    the reference side by side. Returns the PNGs written."""
     rows = table[table.scale == scale]
     if rows.empty:
         raise ResultsError(f"no results at {scale} scale to draw; run the workflow with --config scale={scale}")
@@ -68,7 +124,11 @@ def figures(table, scale, out_dir, only=None, titles=None):
         for paper in papers:
             (out_dir / paper).mkdir(parents=True, exist_ok=True)  # stays empty for a paper with no rows here
             part = rows[rows.paper == paper]
-            for name, fig in (paper_figures(part) if not part.empty else {}).items():
+            figs = paper_figures(part) if not part.empty else {}
+            entries = reference_entries(references, paper, scale)
+            if entries and (fig := parity_figure(part, entries)) is not None:
+                figs["reference"] = fig
+            for name, fig in figs.items():
                 save(fig, out_dir / paper / name)
                 written.append(out_dir / paper / f"{name}.png")
     return written

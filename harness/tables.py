@@ -267,10 +267,11 @@ class PaperTable:
             except ValueError as err:
                 self._fail(written, str(err))
 
-    def specs(self, scale, seeds, data_dir="data/downloads", device="auto"):
+    def specs(self, scale, seeds, data_dir="data/downloads", device="auto", table_seeds=True):
         """Every row of this table that exists at `scale`, as one RunSpec per seed."""
         scale_doc = self.doc["scales"][scale]
-        seeds = scale_doc.get("seeds", seeds)    # a table's own repeats (the leaderboard's) replace the config's
+        if table_seeds:   # a table's own repeats (the leaderboard's) replace the config's
+            seeds = scale_doc.get("seeds", seeds)
         if self.doc.get("pretrain") is not None:
             self.pretrain_train(scale)
         out, starts_from, written_as = [], {}, {}
@@ -357,6 +358,25 @@ class PaperTable:
         scale_doc = self.doc["scales"].get(scale) or {}
         return {name: (row.get("published") or {}, _notes(scale_doc, row)) for name, row, _ in self.rows(scale)}
 
+    def parity_specs(self, scale, data_dir="data/downloads", device="auto"):
+        """The runs the `reference` checks at `scale` need (the parity target): every row with a
+        reference entry and the rows it starts from or takes its budget from, at as many seeds as
+        the reference code was run with."""
+        entries = (self.doc.get("reference") or {}).get(scale) or {}
+        if not entries:
+            return []
+        seeds = list(range(max(reference_seed_count(e) for e in entries.values())))
+        by_row = {s.row: s for s in self.specs(scale, seeds[:1], data_dir, device)}
+        needed, todo = set(), list(entries)
+        while todo:
+            row = todo.pop()
+            if row in needed or row not in by_row:
+                continue
+            needed.add(row)
+            spec = by_row[row]
+            todo += [r for r in (spec.init, spec.budget.get("transfer")) if r not in (None, "pretrain", "torchvision")]
+        return [s for s in self.specs(scale, seeds, data_dir, device, table_seeds=False) if s.row in needed]
+
     def pretrain_spec(self, spec: RunSpec) -> RunSpec:
         """The shared dense model that `spec` starts from: same model, data, scale and seed."""
         return RunSpec(scale=spec.scale, paper=spec.paper, row=pretrain_row(spec), seed=spec.seed,
@@ -367,6 +387,13 @@ class PaperTable:
 
 def _notes(scale_doc, row):
     return "; ".join(filter(None, [scale_doc.get("note"), row.get("notes")]))
+
+
+def reference_seed_count(entry):
+    """How many seeds the reference code ran for one `reference:` entry (of the row or its levels)."""
+    counts = [len(entry.get("seeds") or []), (entry.get("top1") or {}).get("n", 0)]
+    counts += [(level.get("top1") or {}).get("n", 0) for level in (entry.get("levels") or {}).values()]
+    return max(counts)
 
 
 def pretrain_row(spec):

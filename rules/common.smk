@@ -60,9 +60,11 @@ PYTHON = sys.executable
 DATA_DIR, DEVICE = config["data_dir"], config["device"]   # where and on what: no run's result depends on them
 TABLES_CSV = "results/tables.csv"
 RUN_DIR = "results/runs/{scale}/{paper}/{row}/seed{seed}"
-SPECS = {(s.paper, s.row, str(s.seed)): s for s in RUNS}
+# the parity target's runs: rows with the reference code's values, at as many seeds as it ran
+PARITY_RUNS = [s for t in TABLES.values() for s in t.parity_specs(SCALE)]
+SPECS = {(s.paper, s.row, str(s.seed)): s for s in [*PARITY_RUNS, *RUNS]}
 PRETRAIN = {}
-for _s in RUNS:
+for _s in SPECS.values():
     if _s.init == "pretrain":
         _p = TABLES[_s.paper].pretrain_spec(_s)
         PRETRAIN[(_p.paper, _p.row, str(_p.seed))] = _p

@@ -6,7 +6,8 @@
 # travel as options written into the shell command (Snakemake's `code` trigger compares the command
 # as written, not its values), published values and notes are joined in by the aggregate rule, so
 # changing any of those re-runs nothing.
-# A job that starts makes results/tables.csv stale, and removes it first: Snakemake re-makes only a
+# A job that starts makes results/tables.csv (and the parity target's results/parity.csv) stale, and
+# removes them first: Snakemake re-makes only a
 # missing file that a requested one needs, so if the job then fails (or is killed) after Snakemake
 # deleted its old outputs, the next run re-makes tables.csv and with it this run, instead of keeping
 # a table that lists results which are gone.
@@ -41,7 +42,7 @@ rule train:
         mem_mb=lambda wc: scheduling.mem_mb(spec_of(wc)),
         runtime=lambda wc, attempt: scheduling.runtime_min(spec_of(wc)) * attempt,
     shell:
-        "rm -f {TABLES_CSV}; "
+        "rm -f {TABLES_CSV} results/parity.csv; "
         "HARNESS_NO_BAR=1 {PYTHON} {params.launch} train --spec {params.spec:q} --out $(dirname {output.model}) "
         "--data-dir {DATA_DIR:q} --device {DEVICE:q} "
         "{params.init} {params.budget} --evaluate {output.metrics} --threads {threads} > {log} 2>&1"

@@ -297,3 +297,27 @@ def test_a_bit_budget_holds_or_fails():
     assert status(run_checks(table), "budget", "lenet300-100-gmp-0.9", "size_bits")[0] == PASS
     table.loc[1, "size_bits"] = 1001
     assert status(run_checks(table), "budget", "lenet300-100-gmp-0.9", "size_bits")[0] == FAIL
+
+
+def test_parity_command_writes_only_reference_checks_and_a_side_by_side_figure(tmp_path, capsys):
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    (papers / "gmp.yaml").write_text(yaml.safe_dump({"reference": reference(mean=88.6)["gmp"]}))
+    write(laptop_table(), tmp_path)
+    assert main(["parity", "--table", str(tmp_path / "tables.csv"), "--out", str(tmp_path / "parity.csv"),
+                 "--figures", str(tmp_path / "parity"), "--papers-dir", str(papers), "--scale", "laptop"]) == 0
+    lines = pd.read_csv(tmp_path / "parity.csv")
+    assert list(lines.check) == ["reference"] and lines.status.iloc[0] == PASS
+    assert "reference checks at laptop scale: 1 pass" in capsys.readouterr().out
+    assert (tmp_path / "parity" / "gmp.png").stat().st_size > 10_000
+
+
+def test_parity_figure_puts_each_row_beside_its_reference_with_error_bars():
+    from harness.figures import parity_figure
+    table = laptop_table()
+    fig = parity_figure(table[table.paper == "gmp"], reference(mean=86.0, std=0.5)["gmp"]["laptop"])
+    ax = fig.axes[0]
+    points = sorted((round(line.get_xdata()[0], 3), line.get_marker()) for line in ax.lines if line.get_marker() in "oD")
+    assert points == [(86.0, "D"), (88.0, "o")]                     # the reference, and the harness's mean of 3 seeds
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["lenet300-100-gmp-0.9  (n = 3 / 3)"]
+    assert parity_figure(table, {}) is None

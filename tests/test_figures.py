@@ -105,3 +105,11 @@ def test_overview_draws_each_multi_level_network_as_its_own_curve_and_leaves_qua
     assert sorted(len(line.get_xdata()) for line in lines) == [3, 3]   # two curves, no bit-width points
     xs = sorted(tuple(line.get_xdata()) for line in lines)
     assert xs == [pytest.approx((0.3, 0.6, 0.9)), pytest.approx((0.5, 0.75, 0.95))]   # no zigzag across settings
+
+
+def test_a_paper_with_reference_values_gets_the_side_by_side_figure(tmp_path):
+    from tests.test_checks import laptop_table, reference
+    written = figures(laptop_table(), "laptop", tmp_path, only="gmp", references=reference())
+    assert sorted(p.name for p in written) == ["reference.png", "top1-flops.png", "top1-sparsity.png"]
+    assert figures(laptop_table(), "laptop", tmp_path / "none", only="gmp", references=reference(scale="paper")) \
+        == [tmp_path / "none/gmp/top1-sparsity.png", tmp_path / "none/gmp/top1-flops.png"]

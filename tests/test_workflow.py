@@ -1,5 +1,7 @@
 """The Snakemake workflow: the DAG of every scale builds anywhere (no data, no GPU), the smoke scale
 runs end to end, and a broken table fails at DAG-build time in one line without touching results."""
+import re
+
 import pandas as pd
 import pytest
 
@@ -74,3 +76,12 @@ def test_smoke_runs_the_admm_table_with_its_finetune_stage(workdir):
     assert tuned.compression >= joint.compression            # bits kept (or fewer values in use)
     quant = rows.loc[["lenet5-quantize-2bit", "lenet5-quantize-3bit", "lenet5-quantize-4bit"]]
     assert (quant.sparsity == 0).all() and (quant.bits <= [2, 3, 4]).all() and (quant.compression >= [16, 32 / 3, 8]).all()
+
+
+def test_parity_target_runs_the_referenced_rows_at_the_references_seeds(workdir):
+    proc = snakemake(workdir, "-n", "results/parity.csv", "--config", "papers=[hoyer]", "data_dir=/nonexistent")
+    planned = re.findall(r"wildcards: scale=laptop, paper=hoyer, row=([^,]+), seed=(\d)", proc.stdout)
+    rows = {row for row, _ in planned}
+    assert {seed for _, seed in planned} == {"0", "1", "2"}       # hoyer's reference ran 3 seeds
+    assert "lenet300-100-hoyer-0.003-std0.5" in rows and "lenet300-100-hoyer-0.003" in rows   # and its parent
+    assert not any(row.startswith("lenet5") for row in rows)       # no reference values: not part of it
