@@ -33,7 +33,8 @@ def overview(rows, titles=None):
     fig, axes = panels(len(papers), 5.4, 6.2)
     for ax, paper in zip(axes, papers):
         part = rows[rows.paper == paper]
-        part = part[(part.method == "dense") | (part.sparsity > 0)]   # quantized-only levels have no sparsity
+        # a sparsity axis: bit-width levels (their zeros are incidental) and quantize-only rows stay off it
+        part = part[(part.method == "dense") | ((part.sparsity > 0) & (part.level_kind != "bits"))]
         part, style = part.assign(curve=curves(part)), "curve"
         colors = palette(sorted(part.model.unique()))
         markers = marker_map(part, style)

@@ -96,7 +96,7 @@ def test_overview_draws_each_multi_level_network_as_its_own_curve_and_leaves_qua
     base = results_table("laptop", paper="lcs", models=("cpreresnet20",)).iloc[[1]]
     levels = []
     for row, kind, sparsities in (("s-lcs_l", "width", [0.3, 0.6, 0.9]), ("u-lcs_l", "topk", [0.5, 0.75, 0.95]),
-                                  ("q-lcs_l", "bits", [0.0, 0.0, 0.0])):
+                                  ("q-lcs_l", "bits", [0.2, 0.1, 0.05])):
         for level, sparsity in enumerate(sparsities):
             levels.append(base.assign(row=row, method="lcs_l", level=float(level + 3), level_kind=kind,
                                       sparsity=sparsity, compression=32 / (level + 3), top1=80.0 + level))
