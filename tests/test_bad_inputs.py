@@ -22,6 +22,7 @@ import yaml
 from harness.__main__ import main
 from harness.spec import RunSpec
 from tests.conftest import ROOT, copy_workflow_files, snakemake
+from tests.test_tables import BASE
 
 
 def one_error_line(text):
@@ -39,15 +40,6 @@ def run_main(capsys, *argv):
 
 
 # -- paper tables (item 4 and 7): loaded by `python -m harness runs`, as the workflow loads them ------------
-BASE = {
-    "title": "t", "source": "test",
-    "scales": {"smoke": {"datasets": {"*": "synthetic"}}, "laptop": {"datasets": {"*": "fashion-mnist"}},
-               "paper": {}},
-    "pretrain": {"train": {"epochs": 2}},
-    "defaults": {"dataset": "mnist", "train": {"epochs": 3}},
-    "rows": {"dense": {"method": "dense", "model": "lenet300-100"},
-             "gmp": {"method": "gmp", "model": "lenet300-100", "budget": {"sparsity": 0.9}, "init": "pretrain"}},
-}
 ADMM = {"method": "admm", "model": "lenet5-caffe", "init": "pretrain", "budget": {"nnz_budget": 0.01, "bit_budget": 3}}
 
 
