@@ -53,7 +53,9 @@ PAPER_REPO = {"hoyer": "deephoyer", "admm": "admm", "lcs": "lcs"}
 PATCH_NOTES = {
     "deephoyer": ["torchvision MNIST -> the harness's Fashion-MNIST subset", "--no-cuda",
                   "scipy.io stubbed when absent (imported, unused)"],
-    "admm": ["torchvision MNIST -> the harness's Fashion-MNIST subset (its own MNIST normalisation kept)",
+    "admm": ["torchvision MNIST -> the harness's Fashion-MNIST subset, normalised with the harness row's constants "
+             "(Fashion-MNIST's own: the script's MNIST constants leave it uncentred, and pretraining diverged on 2 "
+             "of 3 seeds)",
              "misc.validate's .cuda() only where CUDA exists", "proxyless_nas stubbed (finetune.py imports it, "
              "unused)", "torchvision.models.utils -> torch.hub (moved in torchvision 0.12)"],
     "lcs": ["CIFAR-10 batches written from the harness's Fashion-MNIST subsets (zero-padded to 32x32, grey in 3 "
@@ -112,6 +114,13 @@ def _method_args(spec):
 
 def _data(spec):
     return {k: spec.dataset_args[k] for k in ("train_size", "test_size") if spec.dataset_args.get(k)}
+
+
+def _normalised_data(spec):
+    """_data plus the (mean, std) the harness row normalises with, for a script that normalises."""
+    from data.registry import dataset_info
+    info = dataset_info(spec.dataset, **spec.dataset_args)
+    return {**_data(spec), "mean": list(info.mean), "std": list(info.std)}
 
 
 def _adam_differences(train, weight_decay):
@@ -258,7 +267,7 @@ def plan_admm(table, specs):
     for spec in specs:
         if spec.model != "lenet5-caffe" and not spec.model.startswith("lenet5"):
             raise ValueError(f"admm: row {spec.row!r}: the laptop reference runs cover LeNet-5 only")
-        data, t = _data(spec), _train(spec)
+        data, t = _normalised_data(spec), _train(spec)
         init = spec.init
         if init == "pretrain":
             pre = table.pretrain_spec(spec)
@@ -332,6 +341,7 @@ LCS_FLAGS = {"norm": None, "width_factors_list": "structured", "width_factor_lim
 LCS_REFERENCE_BEHAVIOUR = {"beta": 1.0, "endpoint_probability": 0.5, "discrete_alpha_map": True,
                            "topk_gradient": "masked", "eval_alpha": "reference", "fold_bn": True,
                            "lec_sparsity": 1.0e-5}
+LCS_INPUT = "fashion-mnist-cifar"   # the harness rows that read what the reference reads (CIFAR batches)
 LCS_WARMUP_EPOCHS = 5          # utils.network_and_params: cosine_lr(..., warmup_length=5), lr set per epoch
 
 
@@ -344,6 +354,8 @@ def plan_lcs(table, specs):
     for spec in specs:
         if spec.model != "cpreresnet20":
             raise ValueError(f"lcs: row {spec.row!r}: the laptop reference runs cover cPreResNet20 only")
+        if spec.dataset != LCS_INPUT:     # its width-1, 3-channel network reads nothing else
+            continue
         t, a = _train(spec), spec.method_args
         setting = LCS_FIXED.get(spec.method) or a.get("setting")
         args = ["--method", spec.method, "--model", "cpreresnet20", "--dataset", "cifar10",
@@ -370,8 +382,9 @@ def plan_lcs(table, specs):
         for key, ref in (("optimizer", "sgd"), ("nesterov", False), ("schedule", "cosine"),
                          ("lr_per_epoch", True), ("label_smoothing", 0.0), ("grad_clip", 0.0)):
             _differ(diffs, key, t[key], ref)
-        _differ(diffs, "warmup_epochs", t["warmup_epochs"], f"{LCS_WARMUP_EPOCHS} (fixed; lr (e+1)/5 x lr "
-                f"in epoch e < 5, cosine after)")
+        if t["warmup_epochs"] != LCS_WARMUP_EPOCHS:
+            diffs.append(f"warmup_epochs: harness {t['warmup_epochs']}, reference {LCS_WARMUP_EPOCHS} (fixed; "
+                         f"lr (e+1)/5 x lr in epoch e < 5, cosine after)")
         stages[spec.row] = Stage(spec.row, spec.row, "lcs", LCS_SCRIPT[setting], args, parse="lcs",
                                  data={**_data(spec), "layout": "cifar"}, differences=diffs, post="lcs")
     return stages
@@ -384,7 +397,7 @@ def plan(paper, rows=None):
     """{stage name: Stage} of a table's laptop rows (those matching `rows` and what they start from)."""
     from harness.tables import PaperTable
     table = PaperTable(ROOT / "config" / "papers" / f"{paper}.yaml")
-    specs = table.specs(SCALE, [0])
+    specs = table.specs(SCALE, [0], parity=True)
     stages = PLANNERS[paper](table, specs)
     if not rows:
         return stages
@@ -760,8 +773,9 @@ def main(argv=None):
 
 # -- the child: one reference script, patched for the swap -----------------------------------------
 
-def _fashion_mnist_class(train_size=None, test_size=None):
-    """torchvision MNIST's stand-in: Fashion-MNIST, restricted to the harness's subsets."""
+def _fashion_mnist_class(train_size=None, test_size=None, mean=None, std=None):
+    """torchvision MNIST's stand-in: Fashion-MNIST, restricted to the harness's subsets; with `mean`
+    and `std`, the script's Normalize uses them instead of its MNIST constants."""
     import torchvision
     from data.registry import _subset
     from data.sources import load_fashion_mnist
@@ -774,6 +788,9 @@ def _fashion_mnist_class(train_size=None, test_size=None):
             splits = load_fashion_mnist(ROOT / "data" / "downloads")
             x, y = _subset(splits[0] if train else splits[1], train_size if train else test_size)
             self.data, self.targets = x, y
+            for t in getattr(transform, "transforms", []):
+                if mean is not None and isinstance(t, torchvision.transforms.Normalize):
+                    t.mean, t.std = mean, std
     return FashionMNISTSubset
 
 
@@ -797,14 +814,13 @@ def write_cifar_batches(folder, train_size=None, test_size=None):
     import pickle
     import numpy as np
     from data.registry import _subset
-    from data.sources import load_fashion_mnist
+    from data.sources import as_cifar_format, load_fashion_mnist
     train, test = load_fashion_mnist(ROOT / "data" / "downloads")
     folder = Path(folder) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
 
-    def rows(x):
-        x = np.pad(x.numpy(), ((0, 0), (2, 2), (2, 2)))
-        return np.repeat(x[:, None], 3, axis=1).reshape(len(x), -1)
+    def rows(x):        # the pixels of the harness's `fashion-mnist-cifar` rows
+        return as_cifar_format(x).numpy().reshape(len(x), -1)
     x, y = _subset(train, train_size)
     for i, part in enumerate(np.array_split(np.arange(len(y)), 5)):
         batch = {"batch_label": f"training batch {i + 1} of 5", "data": rows(x[part]), "labels": y[part].tolist()}
@@ -833,7 +849,8 @@ def _patch_environment(kind, data, repo):
                 super().__init__(*args, **{**kw, "num_workers": 0, "pin_memory": False})
         torch.utils.data.DataLoader = InProcessLoader
     if kind in ("deephoyer", "admm"):
-        torchvision.datasets.MNIST = _fashion_mnist_class(data.get("train_size"), data.get("test_size"))
+        torchvision.datasets.MNIST = _fashion_mnist_class(data.get("train_size"), data.get("test_size"),
+                                                          data.get("mean"), data.get("std"))
     if kind == "deephoyer":
         _stub_if_missing("scipy.io")
     if kind == "admm":
@@ -899,7 +916,8 @@ def _forget_harness():
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None) or ""
-        if path.startswith(str(ROOT) + os.sep) and not path.startswith(str(ROOT / "bench")):
+        ours = path.startswith(str(ROOT) + os.sep) and not path.startswith(str(ROOT / "bench"))
+        if ours and not path.startswith(sys.prefix + os.sep):      # a venv inside the project is not ours
             del sys.modules[name]
 
 

@@ -64,9 +64,11 @@ class TrainConfig:
             raise ValueError("train.nesterov needs optimizer sgd with momentum > 0; set train.momentum or remove nesterov")
         if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and m >= 0 for m in self.milestones):
             raise ValueError(f"train.milestones={self.milestones!r} should be a list of epochs (numbers >= 0)")
-        if self.epochs > 0 and self.warmup_epochs > self.epochs:
+        # per epoch, warmup is the reference form lr*(e+1)/warmup, which a short run may never finish
+        # (LCS's fixed 5 warmup epochs at a 3-epoch laptop recipe); per step, it would be a typo
+        if self.epochs > 0 and self.warmup_epochs > self.epochs and not self.lr_per_epoch:
             raise ValueError(f"train.warmup_epochs={self.warmup_epochs!r} is longer than train.epochs={self.epochs}; "
-                             f"shorten the warmup")
+                             f"shorten the warmup, or set lr_per_epoch: true for a warmup the run does not finish")
 
 
 def check_field_types(obj, what):

@@ -267,8 +267,9 @@ class PaperTable:
             except ValueError as err:
                 self._fail(written, str(err))
 
-    def specs(self, scale, seeds, data_dir="data/downloads", device="auto", table_seeds=True):
-        """Every row of this table that exists at `scale`, as one RunSpec per seed."""
+    def specs(self, scale, seeds, data_dir="data/downloads", device="auto", table_seeds=True, parity=False):
+        """Every row of this table that exists at `scale`, as one RunSpec per seed; `parity_only`
+        rows (the reference code's own recipe, run by the parity target) only with `parity`."""
         scale_doc = self.doc["scales"][scale]
         if table_seeds:   # a table's own repeats (the leaderboard's) replace the config's
             seeds = scale_doc.get("seeds", seeds)
@@ -281,7 +282,7 @@ class PaperTable:
                 self._fail(None, f"reference.{scale}: {name!r} is not a row of this table at scale {scale}; "
                                  f"{suggest(name, names)} (rename the entry with its row)")
         for name, row, written in self.rows(scale):
-            if row.get("at_scales") and scale not in row["at_scales"]:
+            if row.get("at_scales") and scale not in row["at_scales"] or row.get("parity_only") and not parity:
                 continue
             try:
                 spec = self._resolve(name, row, scale, scale_doc)
@@ -313,7 +314,8 @@ class PaperTable:
         return out
 
     def _resolve(self, name, row, scale, scale_doc):
-        settings = {k: v for k, v in row.items() if k not in ("scales", "at_scales", "published", "notes")}
+        settings = {k: v for k, v in row.items()
+                    if k not in ("scales", "at_scales", "parity_only", "published", "notes")}
         scale_settings = {k: v for k, v in scale_doc.items() if k in ("train", "method_args", "model_args",
                                                                       "dataset_args")}
         row_scale = {k: v for k, v in ((row.get("scales") or {}).get(scale) or {}).items() if k != "grid"}
@@ -366,7 +368,7 @@ class PaperTable:
         if not entries:
             return []
         seeds = list(range(max(reference_seed_count(e) for e in entries.values())))
-        by_row = {s.row: s for s in self.specs(scale, seeds[:1], data_dir, device)}
+        by_row = {s.row: s for s in self.specs(scale, seeds[:1], data_dir, device, parity=True)}
         needed, todo = set(), list(entries)
         while todo:
             row = todo.pop()
@@ -375,7 +377,8 @@ class PaperTable:
             needed.add(row)
             spec = by_row[row]
             todo += [r for r in (spec.init, spec.budget.get("transfer")) if r not in (None, "pretrain", "torchvision")]
-        return [s for s in self.specs(scale, seeds, data_dir, device, table_seeds=False) if s.row in needed]
+        return [s for s in self.specs(scale, seeds, data_dir, device, table_seeds=False, parity=True)
+                if s.row in needed]
 
     def pretrain_spec(self, spec: RunSpec) -> RunSpec:
         """The shared dense model that `spec` starts from: same model, data, scale and seed."""

@@ -139,3 +139,26 @@ def test_debian_fashion_mnist_when_installed():
         pytest.skip("Debian package dataset-fashion-mnist is not installed (setup.sh installs it as root)")
     (xtr, ytr), (xte, yte) = load_idx_pair(folder)
     assert xtr.shape == (60000, 28, 28) and xte.shape == (10000, 28, 28) and int(ytr.max()) == 9
+
+
+def test_fashion_mnist_as_cifar_pads_and_repeats_the_grey_value():
+    """The LCS reference's laptop input (bench/reference_runs.py writes its CIFAR batches with it):
+    28x28 -> 32x32 with a 2-pixel zero border, the same grey value in each of 3 channels."""
+    from data.sources import as_cifar_format
+    x = torch.arange(2 * 28 * 28, dtype=torch.int64).remainder(255).to(torch.uint8).view(2, 28, 28)
+    out = as_cifar_format(x)
+    assert out.shape == (2, 3, 32, 32) and out.dtype == torch.uint8
+    assert torch.equal(out[:, 1, 2:30, 2:30], x) and torch.equal(out[:, 0], out[:, 2])
+    assert out[:, :, :2].sum() == out[:, :, 30:].sum() == out[:, :, :, :2].sum() == 0
+    info = data.dataset_info("fashion-mnist-cifar")
+    assert info.shape == (3, 32, 32) and info.augment == "crop_flip"
+
+
+def test_fashion_mnist_cifar_constants_are_its_pixels_statistics():
+    from data.sources import debian_package_folder, load_fashion_mnist_cifar
+    if debian_package_folder("dataset-fashion-mnist") is None:
+        pytest.skip("Debian package dataset-fashion-mnist is not installed (setup.sh installs it as root)")
+    (x, _), _ = load_fashion_mnist_cifar("unused")
+    x = x[:, 0].float().div(255)
+    info = data.dataset_info("fashion-mnist-cifar")
+    assert abs(x.mean() - info.mean[0]) < 1e-3 and abs(x.std() - info.std[0]) < 1e-3
