@@ -50,29 +50,51 @@ def overview(rows, titles=None):
     return fig
 
 
-def parity_figure(rows, entries):
-    """This harness against the reference code run at the same recipe (a table's `reference:`
-    entries at this scale): for every row, and level, with an entry, both mean top-1 accuracies
-    side by side, bars of one standard deviation over seeds, the numbers of seeds in the label."""
+def parity_items(rows, entries):
+    """(row, level, harness mean, sd, seeds, the reference's {mean, std, n}) for every row, and
+    level, of `rows` that has a reference entry."""
     items = []
     for (row, level), group in rows.groupby(["row", "level"], dropna=False, sort=True):
         ref = reference_values(entries[row], level) if row in entries else None
         if ref is not None:
-            items.append((row + ("" if pd.isna(level) else f" @ {level:g}"), group.top1.mean(),
-                          group.top1.std() if len(group) > 1 else 0.0, group.seed.nunique(), ref))
+            items.append((row, level, group.top1.mean(), group.top1.std() if len(group) > 1 else 0.0,
+                          group.seed.nunique(), ref))
+    return items
+
+
+def parity_figure(rows, entries):
+    """This harness against the reference code run at the same recipe (a table's `reference:`
+    entries at this scale), mean top-1 accuracies with bars of one standard deviation over seeds:
+    rows without levels side by side in one panel (the numbers of seeds in the label), and each row
+    with levels (LCS) as two curves over its levels in a panel of its own."""
+    items = parity_items(rows, entries)
     if not items:
         return None
+    single = [i for i in items if pd.isna(i[1])]
+    curved = sorted({i[0] for i in items if not pd.isna(i[1])})
+    fig, axes = panels(bool(single) + len(curved), 6.4, 1.4 + 0.3 * len(single) if single else 3.6)
     harness_color, reference_color = palette(["harness", "reference"]).values()
-    fig = Figure(figsize=(8.0, 1.4 + 0.3 * len(items)), layout="constrained")
-    ax = fig.subplots()
-    for y, (_, mean, std, _, ref) in enumerate(items):
-        ax.errorbar(mean, y - 0.15, xerr=std, fmt="o", color=harness_color, capsize=2)
-        ax.errorbar(ref["mean"], y + 0.15, xerr=ref.get("std", 0.0), fmt="D", color=reference_color, mfc="none",
-                    capsize=2)
-    ax.set_yticks(range(len(items)), [f"{label}  (n = {n} / {ref['n']})" for label, _, _, n, ref in items],
-                  fontsize="small")
-    ax.set_ylim(len(items) - 0.5, -0.5)
-    ax.set_xlabel("top-1 accuracy (%), mean ± sd over seeds")
+    style = {"harness": dict(fmt="o-", color=harness_color, capsize=2),
+             "reference": dict(fmt="D--", color=reference_color, mfc="none", capsize=2)}
+    if single:
+        ax = axes[0]
+        for y, (_, _, mean, std, _, ref) in enumerate(single):
+            ax.errorbar(mean, y - 0.15, xerr=std, **{**style["harness"], "fmt": "o"})
+            ax.errorbar(ref["mean"], y + 0.15, xerr=ref.get("std", 0.0), **{**style["reference"], "fmt": "D"})
+        ax.set_yticks(range(len(single)), [f"{row}  (n = {n} / {ref['n']})" for row, _, _, _, n, ref in single],
+                      fontsize="small")
+        ax.set_ylim(len(single) - 0.5, -0.5)
+        ax.set_xlabel("top-1 accuracy (%), mean ± sd over seeds")
+    for ax, row in zip(axes[bool(single):], curved):
+        mine = sorted((i for i in items if i[0] == row), key=lambda i: i[1])
+        levels = [i[1] for i in mine]
+        ax.errorbar(levels, [i[2] for i in mine], yerr=[i[3] for i in mine], **style["harness"])
+        ax.errorbar(levels, [i[5]["mean"] for i in mine], yerr=[i[5].get("std", 0.0) for i in mine],
+                    **style["reference"])
+        kinds = rows[rows.row == row].level_kind.dropna() if "level_kind" in rows else pd.Series([], dtype=str)
+        ax.set_xlabel(kinds.iloc[0] if len(kinds) else "level")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(f"{row}  (n = {mine[0][4]} / {mine[0][5]['n']})", fontsize="small")
     fig.legend(handles=[Line2D([], [], color=harness_color, marker="o", ls="", label="this harness"),
                         Line2D([], [], color=reference_color, marker="D", mfc="none", ls="",
                                label="the paper's reference code, same recipe and images")],

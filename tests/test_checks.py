@@ -321,3 +321,19 @@ def test_parity_figure_puts_each_row_beside_its_reference_with_error_bars():
     assert points == [(86.0, "D"), (88.0, "o")]                     # the reference, and the harness's mean of 3 seeds
     assert [t.get_text() for t in ax.get_yticklabels()] == ["lenet300-100-gmp-0.9  (n = 3 / 3)"]
     assert parity_figure(table, {}) is None
+
+
+def test_parity_figure_draws_a_row_with_levels_as_two_curves_over_its_levels():
+    from harness.figures import parity_figure
+    table = laptop_table()
+    table = pd.concat([table.assign(level=0.25, level_kind="topk"),
+                       table.assign(level=0.5, level_kind="topk", top1=table.top1 - 10)])
+    levels = {0.25: {"top1": {"mean": 88.2, "std": 0.3, "n": 3}},
+              0.5: {"top1": {"mean": 70.0, "std": 2.0, "n": 3}}}
+    fig = parity_figure(table[table.paper == "gmp"], reference(levels=levels)["gmp"]["laptop"])
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    curves = {line.get_marker(): list(zip(line.get_xdata(), line.get_ydata())) for line in ax.lines
+              if len(line.get_xdata()) == 2}
+    assert curves["o"] == [(0.25, pytest.approx(88.0)), (0.5, pytest.approx(78.0))]    # harness, mean of 3 seeds
+    assert curves["D"] == [(0.25, 88.2), (0.5, 70.0)]                                  # the reference
+    assert ax.get_xlabel() == "topk" and "(n = 3 / 3)" in ax.get_title()
