@@ -129,9 +129,9 @@ def _spec(text, args=None):
     return spec
 
 
-def _evaluate(spec, model, out, threads):
+def _evaluate(spec, model, out, threads, trained=None):
     from harness.evaluate import evaluate
-    for p in evaluate(spec, model, out, threads)["points"]:
+    for p in evaluate(spec, model, out, threads, trained)["points"]:
         print(f"level {p['level']}: top1 {p['top1']:.2f} sparsity {p['sparsity']:.4f} "
               f"MFLOPs {p['flops'] / 1e6:.3f}", flush=True)
 
@@ -148,10 +148,11 @@ def _dispatch(args):
             raise HarnessError(f"--spec starts from {spec.init!r} (its init): give that model's model.pt with --init")
         rank0 = distributed_env()[0] == 0           # under DDP, rank 0 alone locks, writes and evaluates
         with run_lock(args.out) if rank0 else nullcontext():
-            Trainer(spec, args.out, args.init, args.threads, log=lambda m: print(m, flush=True),
-                    budget_file=args.budget_file).run()
-            if args.evaluate and rank0:
-                _evaluate(spec, f"{args.out}/model.pt", args.evaluate, args.threads)
+            trainer = Trainer(spec, args.out, args.init, args.threads, log=lambda m: print(m, flush=True),
+                              budget_file=args.budget_file)
+            trainer.run()
+            if args.evaluate and rank0:    # the model in memory: no second load of the data and model
+                _evaluate(spec, f"{args.out}/model.pt", args.evaluate, args.threads, trainer)
     elif args.cmd == "evaluate":
         _evaluate(_spec(args.spec, args), args.model, args.out, args.threads)
     elif args.cmd == "aggregate":

@@ -23,13 +23,21 @@ def git_commit():
         return "unknown"
 
 
-def evaluate(spec, model_path, out_path, threads=None):
+def evaluate(spec, model_path, out_path, threads=None, trained=None):
+    """Evaluate the model.pt at model_path, or `trained`, the Trainer that has just written it: its
+    model, method and test data in memory, as model.pt would restore them (tests/test_evaluate.py),
+    without loading the data and the model again."""
     if threads:
         torch.set_num_threads(threads)
-    device = select_device(spec.device)
-    _, test_loader, info = loaders_for(spec, device, spec.train_config.batch_size,
-                                       spec.train_config.eval_batch_size)
-    model, method = load_trained(model_path, info, device)
+    if trained is not None:
+        device, test_loader, info = trained.device, trained.test_loader, trained.info
+        model, method = trained.model, trained.method
+    else:
+        device = select_device(spec.device)
+        _, test_loader, info = loaders_for(spec, device, spec.train_config.batch_size,
+                                           spec.train_config.eval_batch_size)
+        model, method = load_trained(model_path, info, device)
+    model.eval()
     method.finalize(model)
     train_json = Path(model_path).with_name("train.json")
     train = json.loads(train_json.read_text()) if train_json.exists() else {}

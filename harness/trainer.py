@@ -62,7 +62,9 @@ def seed_everything(seed, device):
     np.random.seed(seed)
     torch.manual_seed(seed)
     if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+        # = use_deterministic_algorithms(True), which also imports torch._inductor (1-3 s of every job)
+        # only to set a torch.compile option; nothing here compiles
+        torch.set_deterministic_debug_mode("error")
 
 
 def build_model(spec: RunSpec, info, device, init_state=None, budget_file=None, inherited=None):
