@@ -55,3 +55,23 @@ def runtime_min(spec):
     if spec.scale == "laptop":
         return 60
     return 48 * 60 if spec.dataset in BIG_DATA else 12 * 60
+
+
+def chain_lengths(parents):
+    """{run: the number of runs in the longest chain that starts at it}, from {run: the runs it
+    starts from}. As a job priority it starts a long chain (ADMM's pretrain -> 160x -> 533x -> 1975x
+    -> finetune) before single runs, which then fill the other cores, instead of leaving it to run
+    alone at the end with the other cores idle."""
+    children = {}
+    for run, ps in parents.items():
+        for parent in ps:
+            children.setdefault(parent, []).append(run)
+    lengths = {}
+
+    def length(run):
+        if run not in lengths:
+            lengths[run] = 1 + max((length(c) for c in children.get(run, ())), default=0)
+        return lengths[run]
+    for run in set(parents) | set(children):
+        length(run)
+    return lengths

@@ -70,6 +70,21 @@ for _s in SPECS.values():
         PRETRAIN[(_p.paper, _p.row, str(_p.seed))] = _p
 
 
+def _starts_from(spec):
+    """The runs a run needs first: the model it starts from, the run whose budget it takes."""
+    if spec.init == "pretrain":
+        pre = TABLES[spec.paper].pretrain_spec(spec)
+        yield pre.paper, pre.row, str(pre.seed)
+    elif spec.init not in (None, "torchvision"):
+        yield spec.paper, spec.init, str(spec.seed)
+    if spec.budget.get("transfer"):
+        yield spec.paper, spec.budget["transfer"], str(spec.seed)
+
+
+# the train rule's priority: long chains first (harness/scheduling.py: chain_lengths)
+CHAIN_LENGTH = scheduling.chain_lengths({key: list(_starts_from(s)) for key, s in SPECS.items()})
+
+
 def run_dir(spec):
     return RUN_DIR.format(scale=spec.scale, paper=spec.paper, row=spec.row, seed=spec.seed)
 

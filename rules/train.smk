@@ -36,6 +36,7 @@ rule train:
     benchmark:
         RUN_DIR + "/benchmark.tsv"
     threads: 1
+    priority: lambda wc: CHAIN_LENGTH.get((wc.paper, wc.row, wc.seed), 1)
     resources:
         gpu=lambda wc: scheduling.gpus(spec_of(wc)),
         cpus_per_task=lambda wc, threads: scheduling.cpus_per_task(spec_of(wc), threads),

@@ -246,3 +246,14 @@ def test_paper_scale_jobs_ask_for_one_gpu(cluster, workdir):
     assert jobs and all(j["Comment"].startswith("rule_train_wildcards_paper_gmp_") for j in jobs), jobs
     assert {j["tres-per-job"] for j in jobs} == {"gres:gpu:1"}
     assert {j["State"] for j in jobs} == {"CANCELLED"}
+
+
+def test_long_chains_get_the_highest_priority():
+    """The train rule's priority: the length of the longest chain of runs that starts at a run, so
+    the ADMM chain starts before the single runs that can fill the other cores meanwhile."""
+    from harness.scheduling import chain_lengths
+    parents = {"dense": ["pretrain"], "160x": ["pretrain"], "533x": ["160x"], "1975x": ["533x"],
+               "finetune": ["1975x"], "gmp": [], "str": [], "transfer": ["str"]}
+    lengths = chain_lengths(parents)
+    assert lengths == {"pretrain": 5, "160x": 4, "533x": 3, "1975x": 2, "finetune": 1, "dense": 1,
+                       "gmp": 1, "str": 2, "transfer": 1}
