@@ -162,7 +162,7 @@ def estimate(paper, ref_macs, loader_cap=None, cpu=True):
             per_gpu = min(per_gpu, loader_cap / k)
         rate = per_gpu * g * (REF_SCALING if g > 1 else 1.0)
         evals = cfg.epochs if cfg.eval_every == 1 else (cfg.epochs // cfg.eval_every if cfg.eval_every else 0)
-        evals = max(evals, 1 if cfg.epochs else 0) + 1     # + the evaluate rule
+        evals = max(evals, 1 if cfg.epochs else 0) + 1     # + the train job's final evaluation
         wall = cfg.epochs * n_train / rate + evals * n_test * k / (EVAL_SPEEDUP * per_gpu)
         cost[row] = dict(spec=spec, gpus=g, wall_s=wall, gpu_h=g * wall / 3600, macs=m, passes=k,
                          samples=cfg.epochs * n_train * k, key=key)

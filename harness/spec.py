@@ -100,10 +100,6 @@ def _has_type(value, typ):
 NOT_RESULT = ("published", "notes", "data_dir", "device")
 
 
-def dataclass_keys(cls):
-    return {f.name for f in fields(cls)}
-
-
 @dataclass
 class RunSpec:
     scale: str

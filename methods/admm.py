@@ -135,7 +135,7 @@ class ADMM(Method):
         self.V = [w.detach().clone() for w in weights] if self.uses_admm else None
         self.U = [torch.zeros_like(w.detach()) for w in weights] if self.uses_admm else None
         self.teacher = self._make_teacher(model) if self.args.kdtemp > 0 else None
-        self._groups, self._resumed, self._checked = None, False, False
+        self._checked = False
         return model
 
     @property
@@ -148,13 +148,11 @@ class ADMM(Method):
 
     def param_groups(self, model, weight_decay, norm_decay=True):
         """train.py's weight decay: on every parameter whose name ends in `weight` (conv, linear and
-        norm weights), never on biases, whatever `norm_decay` says. Also keeps the groups so the prox
-        step can read the lr when the trainer does not pass it (see `_lr`)."""
+        norm weights), never on biases, whatever `norm_decay` says."""
         decay = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight")]
         rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("weight")]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-        self._groups = [g for g in groups if g["params"]]
-        return self._groups
+        return [g for g in groups if g["params"]]
 
     # -- the loss: augmented Lagrangian and distillation -------------------------------------------
     def loss(self, model, outputs, base_loss):
@@ -219,16 +217,12 @@ class ADMM(Method):
         interval = interval if interval > 0 else spe
         return in_epoch % interval == 0 or in_epoch == spe
 
-    def _lr(self, progress):
-        """The lr of the step just taken: `progress.lr` when the trainer passes it; otherwise the lr
-        the trainer wrote into the optimizer groups this method made, which is only right until a
-        resume replaces those groups (hence the error)."""
-        lr = getattr(progress, "lr", None)
-        if lr is not None:
-            return lr
-        if self._groups is None or self._resumed:
+    @staticmethod
+    def _lr(progress):
+        """The lr of the step just taken, which the trainer passes (Progress.lr)."""
+        if progress.lr is None:
             raise RuntimeError("admm prox needs the optimizer's lr; the trainer must pass it as Progress.lr")
-        return self._groups[0]["lr"]
+        return progress.lr
 
     def prox_step(self, weights, lr):
         """W <- argmin_W' ||W' - W||^2 / (2 lr) + (rho/2) ||W' - V + U||^2."""
@@ -367,4 +361,3 @@ class ADMM(Method):
         if self.uses_admm:
             self.V = [v.clone() for v in state["V"]]
             self.U = [u.clone() for u in state["U"]]
-        self._resumed = True

@@ -1,7 +1,6 @@
 """ADMM sparsity-quantization joint learning (methods/admm.py, methods/quantize.py) against brute
 force, the reference's formulas (admm_hoyer.md A.9 checks A-1..A-5) and the harness's trainer."""
 import copy
-import dataclasses
 import itertools
 import math
 import random
@@ -491,8 +490,6 @@ def test_training_meets_the_budget_and_resumes_exactly(tmp_path):
     finalized_within_budget(whole.model, whole.method)
 
 
-@pytest.mark.xfail("lr" not in {f.name for f in dataclasses.fields(Progress)}, strict=True,
-                   reason="prox after a resume needs the trainer to pass the lr as Progress.lr")
 def test_prox_training_resumes_exactly(tmp_path):
     whole, resumed = train_then_resume(run_spec(prox=True), tmp_path)
     same_run(whole, resumed)
