@@ -181,13 +181,14 @@ def _dispatch(args):
         from harness.compare import compare_results
         return 0 if compare_results(args.results_a, args.results_b, args.tolerance) else 1
     elif args.cmd == "figures":
-        from harness.checks import paper_settings, read_results
+        from harness.results import paper_settings, read_results
         from harness.figures import figures
         titles, references = paper_settings("title", args.papers_dir), paper_settings("reference", args.papers_dir)
         for png in figures(read_results(args.table), args.scale, args.out, args.only, titles, references):
             print(png)
     elif args.cmd == "parity":
-        from harness.checks import paper_settings, parity, read_results
+        from harness.checks import parity
+        from harness.results import paper_settings, read_results
         from harness.figures import parity_figures
         table, references = read_results(args.table), paper_settings("reference", args.papers_dir)
         parity(table, args.out, references, args.scale)

@@ -24,57 +24,28 @@ fraction) for sparsity, and T percent of the published value for flops, nonzero_
 compression (32-bit dense size / stored size, harness.metrics.model_size), whose scale depends on the model. The budget
 check allows 1e-3, or a method class's own `sparsity_tolerance`."""
 import functools
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from harness import io
 from harness.errors import HarnessError
+from harness.results import COMPARABLE_SCALE, PUBLISHED, is_pruned, paper_settings, read_results, row_settings
 
 PASS, FAIL, NOT_COMPARABLE = "pass", "fail", "not comparable"
-COMPARABLE_SCALE = "paper"
 BUDGET_TOLERANCE = 1e-3
 DENSE_MARGIN = 1.0  # accuracy points
 REFERENCE_SPREADS = 2.0   # tolerance of a reference check: this many pooled standard deviations ...
 REFERENCE_FLOOR = 0.5     # ... and at least this many accuracy points
 TOLERANCE_UNIT = {"top1": "points", "top5": "points", "sparsity": "fraction",
                   "nonzero_params": "relative", "flops": "relative", "compression": "relative"}
-PUBLISHED = [f"published_{m}" for m in TOLERANCE_UNIT]
-REQUIRED = ["scale", "paper", "row", "method", "model", "dataset", "level", "seed", "top1", "sparsity",
-            "nonzero_params", "prunable_params", "flops", "budget", "notes"]
 KEYS = ["scale", "paper", "row", "level"]
 COLUMNS = [*KEYS, "seeds", "check", "metric", "expected", "measured", "difference", "tolerance",
            "status", "reason"]
 
 
-class ResultsError(HarnessError, ValueError):
-    """A results table is missing or is not a results/tables.csv."""
-
-
 class ChecksFailed(HarnessError):
     """At least one check failed; checks.csv says which."""
-
-
-def read_results(path):
-    """results/tables.csv (or the tables.csv in a results folder) as a DataFrame."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "tables.csv"
-    if not path.is_file():
-        raise ResultsError(f"{path}: no such results table; run `snakemake --cores all results/tables.csv` first")
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ResultsError(f"{path}: not a results table ({str(err).splitlines()[0]}); "
-                           f"run `snakemake --cores all results/tables.csv` to write it again") from None
-    missing = [c for c in REQUIRED if c not in table]
-    if missing:
-        raise ResultsError(f"{path}: not a results table (no column {', '.join(missing)})")
-    # tables written before a published field was aggregated simply have nothing published for it
-    return table.assign(**{c: np.nan for c in [*PUBLISHED, "published_tolerance"] if c not in table})
 
 
 def allowed(metric, tolerance, expected):
@@ -83,24 +54,6 @@ def allowed(metric, tolerance, expected):
     if unit == "points":
         return tolerance
     return tolerance / 100 * (1 if unit == "fraction" else abs(expected))
-
-
-def paper_settings(key, papers_dir="config/papers"):
-    """{paper: the top-level `key` of its table} for every paper table that sets it."""
-    out = {}
-    for path in Path(papers_dir).glob("*.yaml"):
-        doc = yaml.safe_load(path.read_text()) or {}
-        if doc.get(key) is not None:
-            out[path.stem] = doc[key]
-    return out
-
-
-def is_pruned(rows):
-    """Rows with weights pruned or quantized: not DeepHoyer's regularized models before pruning, say."""
-    compressed = rows.sparsity > 0
-    if "compression" in rows:      # quantization only (ADMM --quant, LCS bit widths): fewer bits, no zeros
-        compressed |= rows.compression > 1.0 + 1e-9
-    return (rows.method != "dense") & compressed
 
 
 def seed_means(table):
@@ -219,7 +172,7 @@ def size_budget_lines(rows):
 def budget_lines(rows):
     yield from size_budget_lines(rows)
     for r in rows.itertuples():
-        budget = json.loads(r.budget) if isinstance(r.budget, str) else {}
+        budget = row_settings(r.budget)
         target = budget.get("sparsity")
         if not isinstance(target, (int, float)):
             continue

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.checks import allowed, read_results
+from harness.checks import allowed
+from harness.results import read_results
 
 KEYS = ["scale", "paper", "row", "level", "seed"]
 METRICS = ["top1", "sparsity", "flops"]

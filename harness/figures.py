@@ -18,10 +18,10 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from harness.checks import COMPARABLE_SCALE, ResultsError, reference_values
+from harness.checks import reference_values
+from harness.results import COMPARABLE_SCALE, ResultsError
 from harness.paper_figures import default_figures
 from harness import plots
 from harness.plots import curves, legend_handles, marker_map, palette, panels, save, shared_style, tradeoff

@@ -14,7 +14,6 @@ another row starts from are stages, not results, and stay out. For each seed, at
                 and given no accuracy, so that no figure or ranking puts it at the target.
 
 Seeds then give the mean and standard deviation; a target missed by any seed is missed."""
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import pandas as pd
 import yaml
 
 from harness import io
-from harness.checks import read_results
+from harness.results import read_results, row_settings
 
 PAPER = "leaderboard"
 AXIS = {"sparsity": "sparsity", "bits": "bits_per_weight"}
@@ -46,7 +45,7 @@ def series_name(row):
     chain = str(row.pipeline).split(">")
     if len(chain) > 1 and chain[0] == "dense":
         chain = chain[1:]
-    args = json.loads(row.method_args) if isinstance(row.method_args, str) else {}
+    args = row_settings(row.method_args)
     name = ">".join(f"admm-{args.get('mode', 'joint')}" if step == "admm" else step for step in chain)
     return f"{name} ({row.level_kind})" if isinstance(row.level_kind, str) else name
 

@@ -10,11 +10,12 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from harness.plots import palette, panels, per_model, register_figure
+from harness.results import row_settings
 
 
 def budget_source(budget):
     """How a row's layer-wise budget was set: uniform, or taken from STR (transfer or file)."""
-    b = json.loads(budget) if isinstance(budget, str) else {}
+    b = row_settings(budget)
     return " (STR budget)" if b.get("transfer") or b.get("csv") else ""
 
 
@@ -110,7 +111,7 @@ def hoyer_figures(rows, runs_root="results/runs"):
 
 def admm_variant(row):
     """ADMM's curves: joint, prune-only and quantize-only (method_args.mode), and finetuned chains."""
-    args = json.loads(row.method_args) if isinstance(row.method_args, str) else {}
+    args = row_settings(row.method_args)
     if row.method == "finetune":
         return "joint + finetune" if "admm" in str(row.pipeline) else "finetune"
     if row.method == "admm":
@@ -182,7 +183,7 @@ LCS_NAMES = {"lcs_l": "LCS+L", "lcs_p": "LCS+P", "us": "US", "ns": "NS", "lec": 
 
 def lcs_series(row):
     """A curve's name: the method as the paper names it, plus what a row changes (norm, target, range)."""
-    args = json.loads(row.method_args) if isinstance(row.method_args, str) else {}
+    args = row_settings(row.method_args)
     extra = [args["norm"]] if args.get("norm") else []
     extra += [f"{k}={args[k]:g}" for k in ("topk", "bit_width", "topk_lower_bound") if k in args]
     return LCS_NAMES.get(row.method, row.method) + (f" ({', '.join(extra)})" if extra else "")

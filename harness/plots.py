@@ -3,7 +3,6 @@ filled with standard-deviation bars, published ones hollow, dense rows as horizo
 figures themselves are in harness/paper_figures.py (one function per paper) and harness/figures.py
 (the overview and the command that draws them all)."""
 import contextlib
-import json
 
 import matplotlib
 
@@ -17,7 +16,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import (EngFormatter, FixedLocator, FuncFormatter, LogLocator,  # noqa: E402
                                NullFormatter)
 
-from harness.checks import COMPARABLE_SCALE, is_pruned  # noqa: E402
+from harness.results import COMPARABLE_SCALE, is_pruned, row_settings  # noqa: E402
 from harness.registry import Registry  # noqa: E402
 
 FIGURES = Registry("figure")
@@ -88,7 +87,7 @@ def _published_points(rows, x):
     it is the paper's configuration, not a measurement. FLOPs must be published to be drawn."""
     pub = rows[rows.published_top1.notna()].drop_duplicates("row").assign(top1=lambda d: d.published_top1)
     if x == "sparsity":
-        budget = pub.budget.map(lambda b: json.loads(b).get("sparsity") if isinstance(b, str) else None)
+        budget = pub.budget.map(lambda b: row_settings(b).get("sparsity"))
         pub = pub.assign(sparsity=pub.published_sparsity.fillna(pd.to_numeric(budget, errors="coerce")))
     else:
         pub = pub.assign(**{x: pub[f"published_{x}"] if f"published_{x}" in pub else np.nan})  # e.g. size: never published

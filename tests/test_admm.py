@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import methods.admm  # noqa: F401  (registers "admm" until methods/__init__.py imports it)
 import models
 from harness.spec import RunSpec
 from harness.trainer import Trainer
-from methods import Progress, get_method
+from methods import get_method
 from methods.quantize import (SortedValues, allocate_bits, bits_used, compression_rate, distinct_values, eval_bits,
                               fit_codebook, joint_projection, kmeans_codebook, layer_budget, mckp_greedy,
                               prune_projection, quantize_tensor, quantize_with_bits)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from harness import paper_figures, plots
-from harness.checks import ResultsError
+from harness.results import ResultsError
 from harness.figures import figures
 from harness.plots import per_model, register_figure
 from harness.registry import Registry
