@@ -299,6 +299,7 @@ class Trainer:
                 for level in method.forward_levels(model, self.progress()):  # one pass unless the method asks for more
                     with level, self.autocast():
                         pass_out = self.forward_model(x)
+                        # label smoothing as STR's LabelSmoothing: (1 - e) nll + e mean(-log p), torch's own form
                         pass_loss = F.cross_entropy(pass_out.float(), y, label_smoothing=cfg.label_smoothing)
                         pass_loss = method.loss(model, pass_out, pass_loss)
                     self.scaler.scale(self.rank_weighted(pass_loss, i, len(y))).backward()
