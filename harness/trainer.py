@@ -273,6 +273,16 @@ class Trainer:
         return True
 
     # -- training ---------------------------------------------------------------------------------
+    def task_loss(self, outputs, y):
+        # label smoothing as STR's LabelSmoothing: (1 - e) nll + e mean(-log p), torch's own form
+        return F.cross_entropy(outputs.float(), y, label_smoothing=self.cfg.label_smoothing)
+
+    def scoring_batches(self):
+        """Training batches for `before_training`: epoch 0's, on the device, outside any step."""
+        self.train_loader.set_epoch(0)
+        for x, y in self.train_loader:
+            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+
     def progress(self):
         return methods.Progress(self.epoch, self.step, len(self.train_loader), self.cfg.epochs,
                                 self.optimizer.param_groups[0]["lr"])
@@ -299,9 +309,7 @@ class Trainer:
                 for level in method.forward_levels(model, self.progress()):  # one pass unless the method asks for more
                     with level, self.autocast():
                         pass_out = self.forward_model(x)
-                        # label smoothing as STR's LabelSmoothing: (1 - e) nll + e mean(-log p), torch's own form
-                        pass_loss = F.cross_entropy(pass_out.float(), y, label_smoothing=cfg.label_smoothing)
-                        pass_loss = method.loss(model, pass_out, pass_loss)
+                        pass_loss = method.loss(model, pass_out, self.task_loss(pass_out, y))
                     self.scaler.scale(self.rank_weighted(pass_loss, i, len(y))).backward()
                     loss = pass_loss.detach() if loss is None else loss + pass_loss.detach()
                     out = pass_out.detach() if out is None else out   # train_acc: the first pass
@@ -382,7 +390,8 @@ class Trainer:
         if self.rank == 0:   # the settings of the result, and where and on what it ran
             io.save_json({**self.spec.result_dict(), "data_dir": self.spec.data_dir, "device": self.spec.device},
                          self.out / "spec.json")
-        self.try_resume()
+        if not self.try_resume():
+            self.method.before_training(self.model, self.scoring_batches(), self.task_loss)
         while self.epoch < self.cfg.epochs:
             t0 = time.perf_counter()
             stats = self.train_epoch()

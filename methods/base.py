@@ -82,6 +82,16 @@ class Method:
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 
+    def before_training(self, model, batches, task_loss):
+        """Once, before the first epoch of a run that starts afresh (never on resume: whatever it
+        sets must live in the model or `state_dict`). `batches` yields training batches (x, y) on
+        the device, in epoch 0's order, as many as the method takes; `task_loss(outputs, y)` is the
+        trainer's loss (cross-entropy with the run's label smoothing). For methods that look at data
+        before training: pruning at initialisation scores weights by |g * w| (SNIP), by gradient
+        flow (GraSP) or data-free (SynFlow). Nothing here is logged as training loss, takes an
+        optimizer step or moves the lr schedule. Under DDP each rank sees its part of each batch:
+        a method that decides from it must reduce across ranks, or the ranks' models part."""
+
     def forward_levels(self, model, progress):
         """Before each batch: the forward passes to make on it, as context managers, each setting
         the model's compression level for its pass (LCS samples α per batch; the sandwich rule of

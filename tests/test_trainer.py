@@ -1,3 +1,4 @@
+import itertools
 import json
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import torch
 from harness.schedules import LRSchedule
 from harness.spec import RunSpec
 from harness.trainer import Divergence, Trainer
+from methods.base import Method, register_method
 from tests.conftest import ROOT
 
 
@@ -84,3 +86,37 @@ def test_a_checkpoint_started_from_another_init_model_is_not_resumed(tmp_path):
     Trainer(child, tmp_path / "child", init_path=tmp_path / "init1/model.pt", log=lines.append).run()
     assert not any(line.startswith("resumed from") for line in lines)
     assert any("belongs to other settings" in line for line in lines)
+
+
+class LooksBeforeTraining(Method):
+    """A method that scores weights on training batches before the first epoch (as SNIP does) and
+    records what the hook got, changing nothing."""
+    name = "test-looks-before-training"
+    calls = []
+
+    def before_training(self, model, batches, task_loss):
+        model.zero_grad()
+        for x, y in itertools.islice(batches, 2):
+            task_loss(model(x), y).backward()
+        scores = [(p.grad * p).abs().sum().item() for p in model.parameters()]
+        model.zero_grad()
+        LooksBeforeTraining.calls.append({"shape": tuple(x.shape), "device": x.device.type, "scores": scores})
+
+
+register_method(LooksBeforeTraining)
+
+
+def test_before_training_gets_batches_once_and_changes_nothing_of_the_training(tmp_path):
+    LooksBeforeTraining.calls.clear()
+    plain = Trainer(spec(), tmp_path / "plain", log=lambda m: None)
+    plain.run()
+    looked = Trainer(spec(method=LooksBeforeTraining.name), tmp_path / "looked", log=lambda m: None)
+    looked.run()
+    (call,) = LooksBeforeTraining.calls
+    assert call["shape"] == (64, 1, 28, 28) and call["device"] == "cpu" and all(s > 0 for s in call["scores"])
+    # no optimizer step, lr change, loss logged or batch order moved: the same run, bit for bit
+    assert [h["loss"] for h in looked.history] == [h["loss"] for h in plain.history]
+    assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), looked.model.state_dict().values()))
+    resumed = Trainer(spec(method=LooksBeforeTraining.name), tmp_path / "looked", log=lambda m: None)
+    resumed.run()                      # finished run: resumes from its checkpoint, no second look
+    assert len(LooksBeforeTraining.calls) == 1
