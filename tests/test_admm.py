@@ -371,6 +371,7 @@ def run_steps(model, method, epochs, spe, start=0, lr=0.05):
 
 
 @pytest.mark.parametrize("args", [dict(prox=True, projint=2, dualint=4), dict(bwlb=2), dict(fixedbits=True)])
+@pytest.mark.slow
 def test_projections_keep_the_budget_and_intervals(args):
     model, method = admm(tiny_model(), {"nnz_budget": 0.2, "bit_budget": 3}, **args)
     pruned_at = []
@@ -430,6 +431,7 @@ def test_prune_only_and_quantize_only_modes():
         assert distinct_values(w, include_zero=True).numel() <= 2 ** b
 
 
+@pytest.mark.slow
 def test_state_dict_round_trip_resumes_exactly():
     model, method = admm(tiny_model(), {"nnz_budget": 0.2, "bit_budget": 3}, prox=True, dualint=2, projint=2)
     run_steps(model, method, 1, 4)
@@ -481,6 +483,7 @@ def same_run(a, b):
     assert all(torch.equal(x, y) for k in ("V", "U") for x, y in zip(ma[k], mb[k]))
 
 
+@pytest.mark.slow
 def test_training_meets_the_budget_and_resumes_exactly(tmp_path):
     whole, resumed = train_then_resume(run_spec(), tmp_path)
     same_run(whole, resumed)
@@ -489,6 +492,7 @@ def test_training_meets_the_budget_and_resumes_exactly(tmp_path):
     finalized_within_budget(whole.model, whole.method)
 
 
+@pytest.mark.slow
 def test_prox_training_resumes_exactly(tmp_path):
     whole, resumed = train_then_resume(run_spec(prox=True), tmp_path)
     same_run(whole, resumed)
@@ -696,6 +700,7 @@ def parent(tmp_path_factory):
     return out, layer_weights(model), saved["method"]["bits"]
 
 
+@pytest.mark.slow
 def test_next_admm_stage_starts_from_the_unquantized_sparse_weights(parent, tmp_path):
     """train.py --pretrain <previous>/model_latest.pt: W pruned, not quantized (model.pt holds it)."""
     out, w_parent, bits = parent

@@ -143,6 +143,7 @@ def write_table(folder, doc_or_text):
 
 
 @pytest.mark.parametrize("case, edit, expected", TABLE_CASES, ids=[c[0] for c in TABLE_CASES])
+@pytest.mark.slow
 def test_a_table_mistake_is_one_line_naming_file_row_field_and_fix(tmp_path, capsys, case, edit, expected):
     doc = copy.deepcopy(BASE)
     edit(doc)
@@ -338,6 +339,7 @@ def test_a_command_line_mistake_is_one_line(tmp_path, capsys, case, argv, expect
     (["train", "--spec", "{bad", "--out", "r"], "error: --spec: not valid JSON"),
     (["compare", "empty.csv", "empty.csv"], "error: empty.csv: not a results table"),
 ], ids=["train", "compare"])
+@pytest.mark.slow
 def test_the_real_command_prints_one_line_and_exits_1(tmp_path, argv, expected):
     (tmp_path / "empty.csv").write_text("")
     proc = subprocess.run([sys.executable, "-m", "harness", *argv], cwd=tmp_path, capture_output=True, text=True,
@@ -363,6 +365,7 @@ def init_cycle(text):
     (init_cycle, "error: config/papers/gmp.yaml: row 'lenet300-dense': rows start from each other in a cycle: "
                  "'lenet300-dense' (init) -> 'lenet5-dense' (init) -> 'lenet300-dense'"),
 ], ids=["dataset typo under the smoke scale's '*'", "init cycle"])
+@pytest.mark.slow
 def test_snakemake_stops_with_one_line_and_keeps_every_result(tmp_path, edit, expected):
     copy_workflow_files(tmp_path)
     run = tmp_path / "results/runs/smoke/gmp/lenet300-dense/seed0"

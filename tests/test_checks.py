@@ -265,6 +265,7 @@ def fake_metrics(workdir, scale="smoke", sparsity_of=lambda spec: spec.budget.ge
         path.write_text(json.dumps(metrics))
 
 
+@pytest.mark.slow
 def test_rules_build_checks_figures_and_the_report_then_fail_on_a_missed_budget(workdir):
     config = workdir / "config/config.yaml"
     config.write_text(re.sub(r"(?m)^papers: \[.*?\]", "papers: [gmp]", config.read_text()))

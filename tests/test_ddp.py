@@ -119,6 +119,7 @@ def test_ranks_split_every_batch_of_a_single_process():
     assert [len(b[1]) for b in parts[0][0]][:1] == [4] and len(batches(0, 4)[0]) == 10  # ... one of 3 < 4 ranks is not
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_identical_weights_in_a_single_process_format(runs):
     tmp, log, single = runs
     ddp = history(tmp / "ddp")
@@ -149,6 +150,7 @@ def test_two_processes_give_a_single_process_result(runs):
     assert masks and all((sa[k] == sb[k]).float().mean() > 0.999 for k in masks)
 
 
+@pytest.mark.slow
 def test_killed_two_process_run_resumes_from_its_checkpoint(runs):
     tmp = runs[0]
     killed = start(SPEC, tmp / "killed")

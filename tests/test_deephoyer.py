@@ -91,6 +91,7 @@ def test_regularized_loss_adds_decay_times_regularizer():
     assert method.loss(model, None, torch.tensor(1.0)).item() == pytest.approx(1 + 0.5 * expected.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_finetuning_keeps_pruned_weights_at_zero(tmp_path):
     spec = dict(scale="smoke", paper="t", seed=0, model="lenet5-caffe", dataset="synthetic",
                 dataset_args={"train_size": 256, "test_size": 64}, device="cpu")

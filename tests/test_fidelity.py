@@ -110,6 +110,7 @@ def hub_cache(tmp_path, monkeypatch):
     return place
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["alexnet", "resnet50"])
 def test_torchvision_weights_load_by_name_and_compute_torchvisions_function(hub_cache, name):
     import torchvision

@@ -20,6 +20,7 @@ def table():
     return pd.concat([gmp, other, results_table("laptop")], ignore_index=True)
 
 
+@pytest.mark.slow
 def test_every_paper_and_the_overview_as_png_and_pdf(tmp_path):
     written = figures(table(), "paper", tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [

@@ -55,6 +55,7 @@ def test_gmp_reaches_target_exactly_in_every_layer(target):
         assert row["params"] - row["nonzero"] == round(target * row["params"])
 
 
+@pytest.mark.slow
 def test_zhu_gupta_masks_are_monotone_and_reference_masks_are_not():
     for schedule, revived in [("zhu_gupta", False), ("str_reference", True)]:
         model, method = _gmp(models.create_model("lenet300-100", 10), 0.5, end_epoch=3, schedule=schedule)

@@ -210,6 +210,7 @@ def test_full_size_cpreresnet20_starts_at_the_reference_init(name, args, line):
 
 @pytest.mark.parametrize("model_name, init, width, norm_weight1", [
     ("vgg19", "vgg19", 0.25, 0.5), ("resnet18", "resnet18", 0.5, 1.0), ("cpreresnet20", "cpreresnet20", 1.0, 0.5)])
+@pytest.mark.slow
 def test_line_layers_start_at_their_constructors_init(model_name, init, width, norm_weight1):
     torch.manual_seed(0)
     method = lcs("lcs_l", setting="unstructured", init=init)
@@ -247,6 +248,7 @@ def endpoint_network(line_model, end, setting, norm):
     ("quantized", "GN", [{"alpha": 0.0, "bits": 3}, {"alpha": 1.0, "bits": 8}, {"alpha": 1.0, "bits": 4}]),
     ("structured", "IN", [{"alpha": 0.0, "width": 0.25}, {"alpha": 1.0, "width": 1.0}, {"alpha": 1.0, "width": 0.5}]),
 ])
+@pytest.mark.slow
 def test_line_ends_equal_the_endpoint_networks(setting, norm, end_levels):
     line, line_method = built("lcs_l", setting=setting, norm=norm)
     x = torch.randn(8, 1, 28, 28)
@@ -379,6 +381,7 @@ def test_activation_range_starts_at_the_delay_from_the_batch_range():
 
 
 # -- LEC ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_lec_prunes_the_smallest_scales_globally_and_zeroes_their_weights():
     torch.manual_seed(0)
     method = lcs("lec")
@@ -461,6 +464,7 @@ def test_only_batchnorm_is_folded_and_only_when_asked(args, folded):
 
 
 @pytest.mark.parametrize("position, folded", [("before_conv", 12), ("after_conv", 21)])
+@pytest.mark.slow
 def test_quantized_cpreresnet_layout(position, folded):
     """after_conv: every block conv (shortcuts too) feeds its own norm, as the reference's ConvBn2d
     blocks; before_conv (pre-activation) folds only the convs that feed the next BN directly."""
@@ -557,6 +561,7 @@ def test_sandwich_passes_run_in_the_reference_order(name, args):
         assert widths[:2] == [0.25, 1.0] and len(widths) == 4 and all(0.25 <= w <= 1 for w in widths[2:])
 
 
+@pytest.mark.slow
 def test_sandwich_order_changes_the_shared_statistics():
     """Why the order matters: a narrow pass feeds the shared BN other activations than the full
     one, and its EMA weighs the later pass more (0.1·b + 0.09·a after a then b)."""
@@ -638,6 +643,7 @@ def test_paper_rows_use_the_reference_recipe():
     assert all(s.method_args.get("warmup_budget") == 80 for s in specs.values())
 
 
+@pytest.mark.slow
 def test_sandwich_passes_add_their_gradients():
     """The trainer backpropagates each pass of forward_levels; NS's gradient is the sum of its widths'."""
     from harness.trainer import Trainer

@@ -19,6 +19,7 @@ def test_every_registered_model_is_tested():
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
+@pytest.mark.slow
 def test_forward_shape(name):
     shape = SHAPES[name]
     model = models.create_model(name, num_classes=7, in_channels=shape[0]).eval()
@@ -37,11 +38,13 @@ def test_forward_shape(name):
     ("resnet18", 11_689_512),       # torchvision
     ("alexnet", 61_100_840),        # torchvision; ADMM notes: 61,090,496 weights
 ])
+@pytest.mark.slow
 def test_parameter_counts(name, expected):
     nc = 10 if name in ("lenet300-100", "lenet5-caffe", "lenet5", "resnet20", "resnet56", "resnet110") else 1000
     assert count_params(models.create_model(name, nc, in_channels=SHAPES[name][0])) == expected
 
 
+@pytest.mark.slow
 def test_prunable_weights_match_papers():
     """STR's budget CSV counts 25,502,912 ResNet50 weights (fc as bias-free 1x1 conv) and 4,209,088
     for MobileNetV1; ADMM's AlexNet 61,090,496; ours have the same weights plus fc biases."""
@@ -55,6 +58,7 @@ def test_prunable_weights_match_papers():
     ("mobilenetv1", 568_740_352),   # STR README: 569M
     ("lenet300-100", 266_200),
 ])
+@pytest.mark.slow
 def test_dense_flops_as_papers_count_them(name, macs):
     shape = {"lenet300-100": (1, 28, 28)}.get(name, (3, 224, 224))
     model = models.create_model(name, 10 if name.startswith("lenet") else 1000, in_channels=shape[0])
@@ -164,6 +168,7 @@ def _bearpaw_resnet_forward(tensors, x, depth=110):
     return F.linear(x, next(it), next(it))
 
 
+@pytest.mark.slow
 def test_bearpaw_resnet110_computes_the_references_function():
     torch.manual_seed(0)
     model = models.create_model("resnet110", 10, shortcut="conv", weight_init="kaiming_normal_fan_out")
@@ -243,6 +248,7 @@ def test_bearpaw_init_of_resnet110():
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
+@pytest.mark.slow
 def test_default_init_leaves_models_as_pytorch_builds_them(name):
     shape = SHAPES[name]
     torch.manual_seed(0)
@@ -252,6 +258,7 @@ def test_default_init_leaves_models_as_pytorch_builds_them(name):
     assert all(torch.equal(default[k], named[k]) for k in default)
 
 
+@pytest.mark.slow
 def test_default_init_is_pytorchs_own():
     torch.manual_seed(0)
     layers = [m for m in models.create_model("resnet50", 1000).modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

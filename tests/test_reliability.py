@@ -113,6 +113,7 @@ def test_settings_that_decide_no_result_rerun_nothing(project):
     assert rows["dense"]["published_top1"] == "98.5" and rows["gmp"]["notes"] == "generated data, 1 epoch"
 
 
+@pytest.mark.slow
 def test_a_parent_written_again_with_the_same_weights_keeps_its_childrens_checkpoints(tmp_path):
     """A run's checkpoint names the weights it started from, not the bytes of their file."""
     common = dict(scale="smoke", paper="t", seed=0, model="lenet300-100", dataset="synthetic", device="cpu",
@@ -168,6 +169,7 @@ def test_seeds_from_the_command_line(finished):
         assert proc.returncode == 1 and errors(proc) == [f"error: config/config.yaml (or --config) ['seeds'][0]: {error}"]
 
 
+@pytest.mark.slow
 def test_a_second_process_does_not_train_into_a_run_folder_in_use(tmp_path):
     run = tmp_path / "run"
     holder = FileLock(run / ".lock")

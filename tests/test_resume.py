@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from harness.spec import RunSpec
@@ -27,6 +28,7 @@ def comparable(history):
     return [{k: h[k] for k in ("epoch", "loss", "train_acc", "test_top1", "sparsity", "lr")} for h in history]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     whole = train(tmp_path / "whole")
     assert whole.wait(timeout=600) == 0, whole.stdout.read()

@@ -183,6 +183,7 @@ def runs(cluster, tmp_path_factory):
                                resumed_after_requeue=resumed_after_requeue, done_at_cancel=done_at_cancel)
 
 
+@pytest.mark.slow
 def test_every_job_went_through_slurm_without_a_gpu(runs, cluster):
     logs = runs.slurm_dir / ".snakemake" / "slurm_logs"
     for row in (SHORT, LONG):
@@ -228,6 +229,7 @@ def test_cancelled_job_was_resubmitted_and_resumed_from_its_checkpoint(runs):
     assert history(runs.slurm_dir) == history(runs.local_dir)     # two interruptions change nothing
 
 
+@pytest.mark.slow
 def test_paper_scale_jobs_ask_for_one_gpu(cluster, workdir):
     """Paper-scale training asks for a GPU (sbatch --gpus=1). The first jobs are submitted held, read
     from the queue and cancelled by Snakemake on Ctrl-C (SIGINT): they need neither MNIST nor a GPU."""

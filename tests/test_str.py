@@ -80,6 +80,7 @@ def test_str_to_dense_conversion_is_exact():
     assert set(method.report(model)["thresholds"]) == {"1", "3", "5"}
 
 
+@pytest.mark.slow
 def test_str_reparameterizes_the_weights_the_builders_init_made():
     """The table's weight_init (STR's kaiming normal, fan_in) is applied before STR wraps the
     layers, and the reparameterized layer keeps those weights: N(0, 2/fan_in), biases 0."""
@@ -113,6 +114,7 @@ def test_dnw_prunes_int_of_the_python_float_product(rate, n, pruned):
     assert int((TopK(rate)(w) == 0).sum()) == pruned == int(rate * n)
 
 
+@pytest.mark.slow
 def test_str_reaches_high_sparsity_on_smoke_data(tmp_path):
     spec = RunSpec(scale="smoke", paper="t", row="str", seed=0, method="str", model="lenet300-100",
                    dataset="synthetic", dataset_args={"train_size": 1024, "test_size": 256}, device="cpu",
@@ -172,6 +174,7 @@ def test_shipped_reference_budget_fits_our_resnet50():
     assert kept == pytest.approx(2.492e6, rel=1e-3)      # str.md: 2.492M nonzero of 25,502,912 at 90.23 %
 
 
+@pytest.mark.slow
 def test_sparse_flops_of_strs_published_budget():
     """str.md check 7: sum_l (1 - s_l) FLOPs_l + 100,352 (average pool) = 342.7M at 90.23 %."""
     from harness.metrics import flops

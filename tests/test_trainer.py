@@ -46,6 +46,7 @@ def test_divergence_is_a_clear_error(tmp_path):
         Trainer(spec(train={"epochs": 1, "lr": 1e12, "batch_size": 64}), tmp_path, log=lambda m: None).run()
 
 
+@pytest.mark.slow
 def test_training_from_a_dense_model_starts_from_its_weights(tmp_path):
     Trainer(spec(), tmp_path / "dense", log=lambda m: None).run()
     t = Trainer(spec(method="gmp", budget={"sparsity": 0.5}, train={"epochs": 0}), tmp_path / "gmp",
@@ -54,6 +55,7 @@ def test_training_from_a_dense_model_starts_from_its_weights(tmp_path):
     assert torch.equal(t.model[1].parametrizations.weight.original, dense["1.weight"])
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     bad = spec(dataset="imagenet", dataset_args={}, data_dir=str(tmp_path)).to_json()
     proc = subprocess.run([sys.executable, "-m", "harness", "train", "--spec", bad, "--out", str(tmp_path / "r")],
@@ -62,6 +64,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ImageNet not found")
 
 
+@pytest.mark.slow
 def test_broken_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "checkpoint.pt").write_bytes(b"not a checkpoint")
@@ -71,6 +74,7 @@ def test_broken_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_path):
     assert "checkpoint.pt is unreadable" in proc.stderr and "delete it" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_checkpoint_started_from_another_init_model_is_not_resumed(tmp_path):
     """Re-running the row a run starts from makes the run's old checkpoint stale, even though the
     run's own settings did not change."""
@@ -106,6 +110,7 @@ class LooksBeforeTraining(Method):
 register_method(LooksBeforeTraining)
 
 
+@pytest.mark.slow
 def test_before_training_gets_batches_once_and_changes_nothing_of_the_training(tmp_path):
     LooksBeforeTraining.calls.clear()
     plain = Trainer(spec(), tmp_path / "plain", log=lambda m: None)

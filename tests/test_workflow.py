@@ -8,12 +8,14 @@ import pytest
 from tests.conftest import snakemake
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", ["smoke", "laptop", "paper"])
 def test_dry_run_builds_the_dag(workdir, scale):
     proc = snakemake(workdir, "-n", "results/tables.csv", "--config", f"scale={scale}", "data_dir=/nonexistent")
     assert "aggregate" in proc.stdout and "train" in proc.stdout
 
 
+@pytest.mark.slow
 def test_smoke_workflow_end_to_end_then_a_broken_table_loses_nothing(workdir):
     snakemake(workdir, "results/tables.csv", "--config", "scale=smoke", "papers=[gmp]")
     table = pd.read_csv(workdir / "results" / "tables.csv")
@@ -42,6 +44,7 @@ def test_smoke_workflow_end_to_end_then_a_broken_table_loses_nothing(workdir):
     assert after == before
 
 
+@pytest.mark.slow
 def test_bad_config_value_is_one_line(workdir):
     proc = snakemake(workdir, "-n", "--config", "scale=huge", check=False)
     assert proc.returncode != 0
@@ -50,6 +53,7 @@ def test_bad_config_value_is_one_line(workdir):
                       "'huge' is not one of ['smoke', 'laptop', 'paper']"]
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_row_of_the_str_and_deephoyer_tables(workdir):
     """Chains (regularize -> prune + finetune), budget transfer and every method, end to end."""
     snakemake(workdir, "results/tables.csv", "--config", "scale=smoke", "papers=[hoyer,str]")
@@ -66,6 +70,7 @@ def test_smoke_runs_every_row_of_the_str_and_deephoyer_tables(workdir):
     assert (source["Sparsity (%)"] - target["Sparsity (%)"]).abs().max() < 0.5   # int(rate * n) rounding
 
 
+@pytest.mark.slow
 def test_smoke_runs_the_admm_table_with_its_finetune_stage(workdir):
     """Joint compression under its bit budget, finetuning with pattern and bits fixed, quantize-only."""
     snakemake(workdir, "results/tables.csv", "--config", "scale=smoke", "papers=[admm]")
@@ -78,6 +83,7 @@ def test_smoke_runs_the_admm_table_with_its_finetune_stage(workdir):
     assert (quant.sparsity == 0).all() and (quant.bits <= [2, 3, 4]).all() and (quant.compression >= [16, 32 / 3, 8]).all()
 
 
+@pytest.mark.slow
 def test_parity_target_runs_the_referenced_rows_at_the_references_seeds(workdir):
     proc = snakemake(workdir, "-n", "results/parity.csv", "--config", "papers=[hoyer]", "data_dir=/nonexistent")
     planned = re.findall(r"wildcards: scale=laptop, paper=hoyer, row=([^,]+), seed=(\d)", proc.stdout)
