@@ -236,7 +236,7 @@ def _admm_train_flags(t):
            "--momentum", repr(float(t["momentum"])), "--wd", repr(float(t["weight_decay"])),
            "--warmupT", repr(float(t["warmup_epochs"])), "--epochs", str(t["epochs"]),
            "--seed", "{seed}", "-j", "0", "--log_interval", "-1", "--logdir", "{logdir}"]
-    if t["schedule"] == "cosine":
+    if t["schedule"] in ("cosine", "admm_cosine"):
         out[out.index("--lr"):out.index("--lr")] = ["--lr_sched", "cos"]
     elif t["schedule"] == "step":
         out[out.index("--lr"):out.index("--lr")] = ["--lr_sched", ",".join(["step", *map(str, t["milestones"])])]
@@ -253,6 +253,9 @@ def _admm_differences(t, dense=False):
     _differ(out, "label_smoothing", t["label_smoothing"], 0.0)
     if t["schedule"] == "step":
         _differ(out, "gamma", t["gamma"], 0.5)
+    if t["schedule"] == "cosine" and t["warmup_epochs"] % 1:
+        out.append("schedule: harness cosine decays from the end of the warmup; after a fractional warmupT "
+                   "train.py holds the lr to the next whole epoch and never reaches 0 (schedule: admm_cosine)")
     if t["grad_clip"]:
         _differ(out, "grad_clip_norm", t["grad_clip_norm"], float("inf"))
     if dense:

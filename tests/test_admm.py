@@ -778,3 +778,30 @@ def test_top1_is_the_final_quantized_model_and_best_top1_the_best_quantized_epoc
     assert metrics["points"][0]["top1"] == tested[-1]          # the final epoch's copy is the final model
     row = next(rows_from_metrics(json.loads((tmp_path / "r" / "metrics.json").read_text())))
     assert row["top1"] == tested[-1] and row["best_top1"] == max(tested)
+
+
+def test_admm_cosine_is_train_pys_lr_after_a_fractional_warmup():
+    """train.py (lr 0.05, --warmupT 0.5, 3 epochs of 79 batches): warmup over int(0.5 * 79) = 39
+    steps, the lr held to the end of epoch 0 (its cosine steps only when the integer epoch >=
+    0.5), then torch's CosineAnnealingLR over 79 * 2.5 steps, stepped after each batch, so the
+    last batch trains at 0.0050 instead of ~0. Its lr per batch, replayed with torch's scheduler."""
+    from harness.schedules import LRSchedule
+    steps, epochs, base, warmup = 79, 3, 0.05, 0.5
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps * (epochs - warmup))
+    reference = []
+    for epoch in range(epochs):
+        for i in range(steps):
+            t = i + epoch * steps
+            if t < int(warmup * steps):
+                opt.param_groups[0]["lr"] = min(1.0, (t + 1) / int(warmup * steps)) * base
+            reference.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if epoch >= warmup:
+                cosine.step()
+    ours = LRSchedule(base, epochs, "admm_cosine", warmup_epochs=warmup)
+    after_warmup = range(40, epochs * steps)     # here the warmup is 39.5 steps, there int(39.5)
+    assert [ours(t / steps) for t in after_warmup] == pytest.approx([reference[t] for t in after_warmup], abs=1e-9)
+    assert reference[-1] == pytest.approx(0.00500, abs=1e-4) and ours((epochs * steps - 1) / steps) > 0.004
+    # the warmup itself: (t + 1) / 39 there, t / 39.5 here, within two steps of it
+    assert all(abs(ours(t / steps) - reference[t]) <= 2 * base / 39 for t in range(40))
