@@ -298,7 +298,8 @@ def plan_admm(table, specs):
             if spec.method_args.get("weightbits"):
                 args += ["--weightbits", ",".join(map(str, spec.method_args["weightbits"]))]
             diffs = _admm_differences(t)
-            _differ(diffs, "biases quantized/frozen", spec.method_args.get("biases", True), False)
+            # finetune.py masks and quantizes conv/linear weights only; biases train freely
+            _differ(diffs, "method_args.tensors", _method_args(spec).get("tensors"), "weights")
             stages[spec.row] = Stage(spec.row, spec.row, "admm", "finetune.py",
                                      [*args, *init_flags, *_admm_train_flags(t)], init=init, init_as="init.pt",
                                      output=ADMM_MODEL, parse="admm", data=data, differences=diffs)
