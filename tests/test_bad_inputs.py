@@ -66,7 +66,7 @@ TABLE_CASES = [  # (case, edit of BASE, words the line must contain after "row '
      "row 'dense': unknown model 'lenet300-10'; did you mean 'lenet300-100'?"),
     # train: every field of TrainConfig
     ("optimizer typo", with_train(optimizer="adamm"), "train.optimizer 'adamm' unknown; use one of sgd, adam, adamw; did you mean 'adam'?"),
-    ("schedule typo", with_train(schedule="cosin"), "train.schedule 'cosin' unknown; use one of cosine, step, constant; did you mean 'cosine'?"),
+    ("schedule typo", with_train(schedule="cosin"), "train.schedule 'cosin' unknown; use one of cosine, step, constant, admm_cosine; did you mean 'cosine'?"),
     ("batch size 0", with_train(batch_size=0), "train.batch_size=0 should be >= 1"),
     ("negative lr", with_train(lr=-1), "train.lr=-1.0 should be > 0"),
     ("0 epochs, nothing to evaluate", with_train(epochs=0), "train.epochs=0 trains nothing and there is no `init`"),
