@@ -136,6 +136,7 @@ def test_two_processes_end_with_identical_weights_in_a_single_process_format(run
     assert log.count("epoch 1/") == 1          # rank 0 alone logs
 
 
+@pytest.mark.slow
 def test_two_processes_give_a_single_process_result(runs):
     """Same global batch, same samples and order: only the summation order differs."""
     tmp, _, single = runs

@@ -198,6 +198,7 @@ def test_every_job_went_through_slurm_without_a_gpu(runs, cluster):
     assert {j["tres-per-job"] for j in jobs} == {"N/A"}
 
 
+@pytest.mark.slow
 def test_results_equal_a_local_run(runs):
     key, values = ["paper", "row", "seed", "level"], ["top1", "sparsity", "nonzero_params", "flops"]
     slurm = pd.read_csv(runs.slurm_dir / "results" / "tables.csv").set_index(key)[values].sort_index()
@@ -206,11 +207,13 @@ def test_results_equal_a_local_run(runs):
     pd.testing.assert_frame_equal(slurm, local, check_exact=True)
 
 
+@pytest.mark.slow
 def test_requeued_job_resumed_from_its_checkpoint(runs):
     # at most the epoch that was running when SLURM requeued the job was lost
     assert 1 <= runs.done_at_requeue <= runs.resumed_after_requeue
 
 
+@pytest.mark.slow
 def test_cancelled_job_was_resubmitted_and_resumed_from_its_checkpoint(runs):
     assert f"SLURM-job '{runs.job}' failed, SLURM status is: 'CANCELLED'" in runs.slurm_out
     attempts = list((runs.slurm_dir / ".snakemake" / "slurm_logs").glob(f"rule_train/smoke_{PAPER}_{LONG}_0/*.log"))
