@@ -30,15 +30,14 @@ import pandas as pd
 
 from harness import io
 from harness.errors import HarnessError
-from harness.results import COMPARABLE_SCALE, PUBLISHED, is_pruned, paper_settings, read_results, row_settings
+from harness.results import (COMPARABLE_SCALE, PUBLISHED, TOLERANCE_UNIT, is_pruned, paper_settings,
+                             read_results, row_settings)
 
 PASS, FAIL, NOT_COMPARABLE = "pass", "fail", "not comparable"
 BUDGET_TOLERANCE = 1e-3
 DENSE_MARGIN = 1.0  # accuracy points
 REFERENCE_SPREADS = 2.0   # tolerance of a reference check: this many pooled standard deviations ...
 REFERENCE_FLOOR = 0.5     # ... and at least this many accuracy points
-TOLERANCE_UNIT = {"top1": "points", "top5": "points", "sparsity": "fraction",
-                  "nonzero_params": "relative", "flops": "relative", "compression": "relative"}
 KEYS = ["scale", "paper", "row", "level"]
 COLUMNS = [*KEYS, "seeds", "check", "metric", "expected", "measured", "difference", "tolerance",
            "status", "reason"]

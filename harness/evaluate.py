@@ -37,7 +37,6 @@ def evaluate(spec, model_path, out_path, threads=None, trained=None):
         _, test_loader, info = loaders_for(spec, device, spec.train_config.batch_size,
                                            spec.train_config.eval_batch_size)
         model, method = load_trained(model_path, info, device)
-    model.eval()
     method.finalize(model)
     train_json = Path(model_path).with_name("train.json")
     train = json.loads(train_json.read_text()) if train_json.exists() else {}

@@ -11,8 +11,10 @@ import yaml
 from harness.errors import HarnessError
 
 COMPARABLE_SCALE = "paper"     # published numbers describe the papers' setups: this scale's
-PUBLISHED_METRICS = ("top1", "top5", "sparsity", "nonzero_params", "flops", "compression")
-PUBLISHED = [f"published_{m}" for m in PUBLISHED_METRICS]
+# the metrics a row may publish, and the unit its tolerance is read in (harness/checks.py)
+TOLERANCE_UNIT = {"top1": "points", "top5": "points", "sparsity": "fraction",
+                  "nonzero_params": "relative", "flops": "relative", "compression": "relative"}
+PUBLISHED = [f"published_{m}" for m in TOLERANCE_UNIT]
 REQUIRED = ["scale", "paper", "row", "method", "model", "dataset", "level", "seed", "top1", "sparsity",
             "nonzero_params", "prunable_params", "flops", "budget", "notes"]
 

@@ -277,11 +277,14 @@ class Trainer:
         # label smoothing as STR's LabelSmoothing: (1 - e) nll + e mean(-log p), torch's own form
         return F.cross_entropy(outputs.float(), y, label_smoothing=self.cfg.label_smoothing)
 
+    def in_layout(self, x):
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def scoring_batches(self):
         """Training batches for `before_training`: epoch 0's, on the device, outside any step."""
         self.train_loader.set_epoch(0)
         for x, y in self.train_loader:
-            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+            yield self.in_layout(x), y
 
     def progress(self):
         return methods.Progress(self.epoch, self.step, len(self.train_loader), self.cfg.epochs,
@@ -302,8 +305,7 @@ class Trainer:
                 lr = self.lr_at(self.epoch + i / steps)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = self.in_layout(x)
                 opt.zero_grad(set_to_none=True)
                 loss = out = None
                 for level in method.forward_levels(model, self.progress()):  # one pass unless the method asks for more

@@ -70,19 +70,24 @@ for _s in SPECS.values():
         PRETRAIN[(_p.paper, _p.row, str(_p.seed))] = _p
 
 
-def _starts_from(spec):
-    """The runs a run needs first: the model it starts from, the run whose budget it takes."""
-    if spec.init == "pretrain":
-        pre = TABLES[spec.paper].pretrain_spec(spec)
-        yield pre.paper, pre.row, str(pre.seed)
-    elif spec.init not in (None, "torchvision"):
-        yield spec.paper, spec.init, str(spec.seed)
-    if spec.budget.get("transfer"):
-        yield spec.paper, spec.budget["transfer"], str(spec.seed)
+def _init_key(spec):
+    """The (paper, row, seed) of the run whose model a run starts from; None: none, or torchvision's
+    published weights (loaded by the job)."""
+    if spec.init in (None, "torchvision"):
+        return None
+    row = TABLES[spec.paper].pretrain_spec(spec).row if spec.init == "pretrain" else spec.init
+    return spec.paper, row, str(spec.seed)
+
+
+def _transfer_key(spec):
+    """The run whose layer-wise budget a run takes (STR's budget transfer), or None."""
+    row = spec.budget.get("transfer")
+    return (spec.paper, row, str(spec.seed)) if row else None
 
 
 # the train rule's priority: long chains first (harness/scheduling.py: chain_lengths)
-CHAIN_LENGTH = scheduling.chain_lengths({key: list(_starts_from(s)) for key, s in SPECS.items()})
+CHAIN_LENGTH = scheduling.chain_lengths({key: [k for k in (_init_key(s), _transfer_key(s)) if k]
+                                         for key, s in SPECS.items()})
 
 
 def run_dir(spec):
@@ -90,28 +95,24 @@ def run_dir(spec):
 
 
 def spec_of(wc):
-    key = (wc.paper, wc.row, wc.seed)
+    return _spec_at((wc.paper, wc.row, wc.seed))
+
+
+def _spec_at(key):
     return SPECS.get(key) or PRETRAIN[key]
 
 
 def init_model(wc):
     """The model a run starts from: none, torchvision's published weights, the paper's shared dense
     model, or another row's result."""
-    spec = spec_of(wc)
-    if spec.init in (None, "torchvision"):   # torchvision: its published weights, loaded by the job
-        return []
-    if spec.init == "pretrain":
-        return run_dir(TABLES[spec.paper].pretrain_spec(spec)) + "/model.pt"
-    return run_dir(SPECS[(spec.paper, spec.init, str(spec.seed))]) + "/model.pt"
+    key = _init_key(spec_of(wc))
+    return run_dir(_spec_at(key)) + "/model.pt" if key else []
 
 
 def transfer_budget(wc):
     """STR's budget transfer: the layer-wise budget another row achieved."""
-    spec = spec_of(wc)
-    row = spec.budget.get("transfer")
-    if not row:
-        return []
-    return run_dir(SPECS[(spec.paper, row, str(spec.seed))]) + "/budget.csv"
+    key = _transfer_key(spec_of(wc))
+    return run_dir(_spec_at(key)) + "/budget.csv" if key else []
 
 
 def metrics_files(runs):
