@@ -11,7 +11,9 @@ metrics.json (the network's dense multiply-accumulates per sample). Prints figur
 
 - outside the loop: job wall seconds minus the training loop's (process start, imports, data,
   model, evaluation, files);
-- core use: the jobs' CPU seconds over wall x cores (with --run), i.e. how busy the cores were;
+- core use: the machine's busy CPU seconds over wall x cores during the run (with --run, from
+  /proc/stat: jobs run in forks of the warm server (harness/warm.py), outside the process tree whose
+  CPU time Snakemake's benchmark.tsv records);
 - physical limit: the run's training FLOPs (3 matmuls per layer and sample, 2 FLOPs per
   multiply-accumulate, over every sample of every epoch: one pass of the dense network, so a lower
   bound for multi-pass methods such as LCS's sandwich) at this machine's float32 matmul FLOP/s on
@@ -40,6 +42,15 @@ def matmul_flops(threads, n=1024, repeats=20):
     return 2 * n ** 3 / best
 
 
+def busy_and_total_cpu_s():
+    """The machine's (busy, all) CPU seconds since boot, from /proc/stat (Linux)."""
+    import os
+    ticks = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    idle = ticks[3] + ticks[4]    # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
 def read_job(folder):
     """One run's figures, or None where a file is missing (a run that did not finish)."""
     try:
@@ -53,7 +64,7 @@ def read_job(folder):
     samples = args.get("train_size") or {"fashion-mnist": 60000, "mnist": 60000, "cifar10": 50000,
                                          "fashion-mnist-cifar": 60000}.get(metrics["spec"]["dataset"], 0)
     loop = sum(h.get("train_s", h.get("seconds", 0.0)) for h in train.get("history", []))
-    return {"job": str(folder), "wall_s": float(bench["s"]), "cpu_s": float(bench.get("cpu_time") or "nan"),
+    return {"job": str(folder), "wall_s": float(bench["s"]),
             "loop_s": loop, "threads": train.get("threads", 1),
             "train_flops": 6 * metrics["points"][0]["dense_flops"] * samples * train.get("epochs", 0)}
 
@@ -67,22 +78,23 @@ def main(argv=None):
     a = p.parse_args(argv)
     wall = None
     if a.run:
-        t = time.perf_counter()
+        t, (busy, total) = time.perf_counter(), busy_and_total_cpu_s()
         subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(a.cores), "--forceall",
                         "results/tables.csv"], cwd=ROOT, check=True)
         wall = time.perf_counter() - t
+        busy, total = (now - then for now, then in zip(busy_and_total_cpu_s(), (busy, total)))
     jobs = [j for f in sorted((a.results / "runs" / a.scale).glob("*/*/seed*")) if (j := read_job(f))]
     if not jobs:
         sys.exit(f"no finished runs in results/runs/{a.scale}: run the workflow first, or pass --run")
     n = len(jobs)
-    job_s, loop_s, cpu_s = (sum(j[k] for j in jobs) for k in ("wall_s", "loop_s", "cpu_s"))
+    job_s, loop_s = (sum(j[k] for j in jobs) for k in ("wall_s", "loop_s"))
     outside = sorted(j["wall_s"] - j["loop_s"] for j in jobs)
     flops = sum(j["train_flops"] for j in jobs)
     one, every = matmul_flops(1), matmul_flops(a.cores)
     print(f"{n} training jobs at {a.scale} scale, {a.cores} cores")
     if wall is not None:
         print(f"  default run wall time:        {wall:8.1f} s ({wall / 60:.1f} min)")
-        print(f"  core use (job CPU s / wall x cores): {cpu_s / (wall * a.cores):6.1%}")
+        print(f"  core use (busy CPU s / all CPU s): {busy / total:6.1%} of the machine's {total / wall:.1f} cores")
     print(f"  jobs' wall seconds, summed:   {job_s:8.1f} s; training loops {loop_s:.1f} s ({loop_s / job_s:.0%})")
     print(f"  outside the training loop:    {job_s - loop_s:8.1f} s = {(job_s - loop_s) / n:.2f} s per job "
           f"(median {outside[n // 2]:.2f}, max {outside[-1]:.2f})")

@@ -67,11 +67,13 @@ class TensorLoader(Sharded):
         x = torch.as_tensor(x)
         if x.dim() == 3:
             x = x.unsqueeze(1)
-        x = x.to(device)
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        pixels = x.dtype == torch.uint8
+        x = x.to(device=device, dtype=torch.float32, copy=True)   # the one copy, normalised in place
+        if pixels:
+            x.div_(255)
         mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
-        self.x = (x - mean) / std
+        self.x = x.sub_(mean).div_(std)
         self.y = torch.as_tensor(y).long().to(device)
         self.pad_value = (-mean / std).flatten()
         self.info, self.batch_size, self.seed, self.train = info, batch_size, seed, train

