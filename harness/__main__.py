@@ -50,8 +50,8 @@ def main(argv=None):
     c.add_argument("--table", default="results/tables.csv")
     c.add_argument("--out", default="results/checks.csv")
     c.add_argument("--scale", help="fail only on this scale's checks (default: any)")
-    c.add_argument("--margin", type=float, default=1.0,
-                   help="accuracy points a dense row may trail its pruned rows by (default 1.0)")
+    c.add_argument("--margin", type=float,
+                   help="accuracy points a dense row may trail its pruned rows by (default: harness/checks.py DENSE_MARGIN)")
     c.add_argument("--papers-dir", default="config/papers", help="where default_tolerance is read")
     d = sub.add_parser("compare")
     d.add_argument("results_a", help="a results folder (or its tables.csv)")
@@ -176,7 +176,8 @@ def _dispatch(args):
                   f"{spec.dataset} budget={spec.budget}")
     elif args.cmd == "checks":
         from harness.checks import check
-        check(args.table, args.out, args.papers_dir, args.scale, args.margin)
+        check(args.table, args.out, args.papers_dir, args.scale,
+              **({"margin": args.margin} if args.margin is not None else {}))
     elif args.cmd == "compare":
         from harness.compare import compare_results
         return 0 if compare_results(args.results_a, args.results_b, args.tolerance) else 1
@@ -206,7 +207,10 @@ def _main_process():
     from harness import warm
     argv = sys.argv[1:]
     code = warm.run(argv) if warm.wanted(argv) else None
-    return main(argv) if code is None else code
+    if code is None:
+        warm.reuse_freed_memory()
+        code = main(argv)
+    return code
 
 
 if __name__ == "__main__":

@@ -78,9 +78,15 @@ def build_model(spec: RunSpec, info, device, init_state=None, budget_file=None, 
     method = method(method.Args(**spec.method_args), spec.budget, budget_file)
     method.inherited = dict(inherited or {})
     model = method.build(model).to(device)
-    if uses_conv(model):  # NHWC convolutions and pooling are faster on CUDA and on CPU (1.4x for LeNet-5)
+    if channels_last(model, method, device):
         model = model.to(memory_format=torch.channels_last)
     return model, method
+
+
+def channels_last(model, method, device):
+    """Train in NHWC: convolutions and pooling are faster so on CUDA, and on the CPU for plain conv
+    nets (a step 1.35x faster for LeNet-5, 1.9x for ResNet-20), unless the method opts out there."""
+    return uses_conv(model) and (torch.device(device).type != "cpu" or method.channels_last_on_cpu)
 
 
 def distributed_env():
@@ -240,7 +246,7 @@ class Trainer:
         amp_dtype = AUTOCAST_DTYPES.get(self.precision)
         self.autocast = (lambda: torch.autocast("cuda", amp_dtype)) if amp_dtype else nullcontext
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        self.channels_last = uses_conv(self.model)
+        self.channels_last = channels_last(self.model, self.method, self.device)
         self.forward_model = distributed(self.model, self.device, self.world)
         self.epoch, self.step, self.wall_s, self.history = 0, 0, 0.0, []
 

@@ -57,6 +57,20 @@ def socket_path():
     return Path(tempfile.gettempdir()) / f"harness-warm-{os.getuid()}" / f"{h.hexdigest()[:20]}.sock"
 
 
+def reuse_freed_memory():
+    """Have glibc's malloc keep freed memory for the next allocation instead of unmapping it. By
+    default every tensor above 128 kB (each activation of a batch) is a fresh mmap whose pages the
+    kernel faults in and zeroes again at every step: measured here, a LeNet-5 training step took
+    1.35x as long, an LCS evaluation pass 3x. Same numbers; no effect off glibc."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 32)   # M_MMAP_THRESHOLD: allocations up to 4 GiB come from the heap
+        libc.mallopt(-1, 1 << 32)   # M_TRIM_THRESHOLD: and freed heap memory stays with the process
+    except (OSError, AttributeError):
+        pass
+
+
 # -- the client: the job's own process ---------------------------------------------------------------
 
 def run(argv):
@@ -125,6 +139,7 @@ def _start_server(path):
 # -- the server -----------------------------------------------------------------------------------
 
 def serve(path):
+    reuse_freed_memory()   # before the imports: the children inherit the setting
     import torch
     import torch._dynamo  # noqa: F401  (what every optimizer imports on its first use)
 

@@ -52,6 +52,8 @@ class Method:
     budget_keys: dict = {}    # budget key -> Budget
     inherited: dict = {}      # what the stage this run starts from handed over (its `handoff`); the
                               # trainer sets it per instance before `build` (never changed in place)
+    channels_last_on_cpu = True   # train conv nets in NHWC on the CPU too; False where the method's
+                                  # layers mix memory layouts, which makes NHWC slower there
 
     def __init__(self, args=None, budget=None, budget_file=None):
         self.args = args if args is not None else self.Args()

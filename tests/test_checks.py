@@ -112,6 +112,12 @@ def test_dense_row_may_not_trail_its_pruned_rows_beyond_the_margin():
                   "lenet300-100-dense")[0] == PASS
 
 
+def test_no_dense_verdict_at_smoke_scale_where_one_epoch_of_noise_decides():
+    got, line = status(run_checks(results_table("smoke", dense_top1=30.0, gmp_top1=60.0)), "dense",
+                       "lenet300-100-dense")
+    assert got == NOT_COMPARABLE and line.reason.startswith("smoke scale")
+
+
 def reference(mean=88.0, std=0.3, n=3, scale="laptop", row="lenet300-100-gmp-0.9", levels=None):
     """A table's `reference:` section as bench/reference_runs.py writes it, for one row."""
     entry = {"seeds": list(range(n)), "repo": "github.com/x/y", "commit": "abc", "command": "python x.py",
