@@ -9,8 +9,9 @@ results/runs/<scale>. Each run's figures come from its own files: Snakemake's be
 CPU seconds of the whole job), train.json (seconds inside the training loop, per epoch) and
 metrics.json (the network's dense multiply-accumulates per sample). Prints figures; asserts nothing.
 
-- outside the loop: job wall seconds minus the training loop's (process start, imports, data,
-  model, evaluation, files);
+- outside the epochs: job wall seconds minus its epochs' (process start, imports, data, model,
+  the final evaluation at every level, files); the epochs' own test evaluations and checkpoints
+  (train.json `seconds` minus `train_s`) are reported apart, as part of the recipe;
 - core use: the machine's busy CPU seconds over wall x cores during the run (with --run, from
   /proc/stat: jobs run in forks of the warm server (harness/warm.py), outside the process tree whose
   CPU time Snakemake's benchmark.tsv records);
@@ -63,9 +64,10 @@ def read_job(folder):
     args = metrics["spec"].get("dataset_args") or {}
     samples = args.get("train_size") or {"fashion-mnist": 60000, "mnist": 60000, "cifar10": 50000,
                                          "fashion-mnist-cifar": 60000}.get(metrics["spec"]["dataset"], 0)
-    loop = sum(h.get("train_s", h.get("seconds", 0.0)) for h in train.get("history", []))
-    return {"job": str(folder), "wall_s": float(bench["s"]),
-            "loop_s": loop, "threads": train.get("threads", 1),
+    history = train.get("history", [])
+    loop = sum(h.get("train_s", h.get("seconds", 0.0)) for h in history)
+    return {"job": str(folder), "wall_s": float(bench["s"]), "loop_s": loop,
+            "epochs_s": sum(h.get("seconds", 0.0) for h in history), "threads": train.get("threads", 1),
             "train_flops": 6 * metrics["points"][0]["dense_flops"] * samples * train.get("epochs", 0)}
 
 
@@ -87,8 +89,8 @@ def main(argv=None):
     if not jobs:
         sys.exit(f"no finished runs in results/runs/{a.scale}: run the workflow first, or pass --run")
     n = len(jobs)
-    job_s, loop_s = (sum(j[k] for j in jobs) for k in ("wall_s", "loop_s"))
-    outside = sorted(j["wall_s"] - j["loop_s"] for j in jobs)
+    job_s, loop_s, epochs_s = (sum(j[k] for j in jobs) for k in ("wall_s", "loop_s", "epochs_s"))
+    outside = sorted(j["wall_s"] - j["epochs_s"] for j in jobs)
     flops = sum(j["train_flops"] for j in jobs)
     one, every = matmul_flops(1), matmul_flops(a.cores)
     print(f"{n} training jobs at {a.scale} scale, {a.cores} cores")
@@ -96,8 +98,9 @@ def main(argv=None):
         print(f"  default run wall time:        {wall:8.1f} s ({wall / 60:.1f} min)")
         print(f"  core use (busy CPU s / all CPU s): {busy / total:6.1%} of the machine's {total / wall:.1f} cores")
     print(f"  jobs' wall seconds, summed:   {job_s:8.1f} s; training loops {loop_s:.1f} s ({loop_s / job_s:.0%})")
-    print(f"  outside the training loop:    {job_s - loop_s:8.1f} s = {(job_s - loop_s) / n:.2f} s per job "
-          f"(median {outside[n // 2]:.2f}, max {outside[-1]:.2f})")
+    print(f"  per-epoch tests, checkpoints: {epochs_s - loop_s:8.1f} s (the recipes' eval_every)")
+    print(f"  outside the epochs:           {job_s - epochs_s:8.1f} s = {(job_s - epochs_s) / n:.2f} s per job "
+          f"(median {outside[n // 2]:.2f}, max {outside[-1]:.2f}): start, data, model, final evaluation, files")
     print(f"  matmul float32:               {one / 1e9:8.1f} GFLOP/s on 1 thread, {every / 1e9:.1f} on {a.cores}")
     print(f"  training FLOPs of the run:    {flops / 1e12:8.2f} TFLOP (one dense pass per sample)")
     print(f"  at the matmul limit:          {flops / every:8.1f} s on {a.cores} cores"

@@ -5,7 +5,7 @@
 For every run of `runs_for(config, scale="paper")` (one seed), plus the shared dense models rows
 start from: training samples = epochs x training set, test samples = evaluations x test set,
 forward passes per batch from the method (`forward_levels`, e.g. the slimmable sandwich rule), and
-MACs of one input from `harness.metrics.flops`. GPU throughput is not measured (no GPU here): it is
+MACs of one input from `core.metrics.flops`. GPU throughput is not measured (no GPU here): it is
 ASSUMED from one published figure, ResNet-50 v1.5 on one A100 80GB with mixed precision, 2470 img/s
 (8 GPUs: 16621 img/s, i.e. 84 % scaling), NVIDIA DeepLearningExamples,
 PyTorch/Classification/ConvNets/resnet50v1.5/README.md, "Training performance: NVIDIA DGX A100",
@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import methods  # noqa: E402
 import models  # noqa: E402
-from harness.metrics import flops  # noqa: E402
-from harness.scheduling import LOADER_WORKERS, gpus  # noqa: E402
+from core.metrics import flops  # noqa: E402
+from core.scheduling import LOADER_WORKERS, gpus  # noqa: E402
 from harness.tables import load_tables, paper_names  # noqa: E402
-from harness.trainer import _model_kwargs  # noqa: E402
+from harness.building import _model_kwargs  # noqa: E402
 
 REF_SAMPLES_S = 2470.0        # ResNet-50 v1.5, 1x A100 80GB, AMP (NVIDIA DeepLearningExamples, see above)
 REF_SCALING = 16621.0 / (8 * 2470.0)   # per-GPU efficiency with several GPUs (8 GPUs there)

@@ -101,7 +101,7 @@ def _differ(out, what, harness, reference):
 def _train(spec):
     """A spec's train settings with TrainConfig's defaults filled in."""
     from dataclasses import asdict
-    from harness.spec import TrainConfig
+    from core.spec import TrainConfig
     return asdict(TrainConfig(**spec.train))
 
 

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
 from data.sources import debian_package_folder  # noqa: E402
-from harness.metrics import flops  # noqa: E402
-from harness.spec import RunSpec  # noqa: E402
+from core.metrics import flops  # noqa: E402
+from core.spec import RunSpec  # noqa: E402
 from harness.trainer import Trainer  # noqa: E402
 
 

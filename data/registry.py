@@ -2,8 +2,8 @@
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from harness.errors import DataError, DataMissing  # noqa: F401  (re-exported for the loaders)
-from harness.registry import Registry, suggest
+from core.errors import DataError, DataMissing  # noqa: F401  (re-exported for the loaders)
+from core.registry import Registry, suggest
 
 
 @dataclass(frozen=True)

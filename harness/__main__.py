@@ -77,7 +77,7 @@ def main(argv=None):
     b.add_argument("--papers-dir", default="config/papers", help="where leaderboard.yaml is read")
     args = ap.parse_args(argv)
 
-    from harness.errors import HarnessError
+    from core.errors import HarnessError
     try:
         return _dispatch(args)
     except HarnessError as err:  # the user's to fix: one line; anything else keeps its traceback
@@ -91,9 +91,9 @@ def _spec(text, args=None):
     import json
     from dataclasses import MISSING, fields, replace
 
-    from harness.errors import HarnessError
-    from harness.registry import suggest
-    from harness.spec import RunSpec, check_field_types
+    from core.errors import HarnessError
+    from core.registry import suggest
+    from core.spec import RunSpec, check_field_types
     from harness.tables import check_settings
     source = "--spec"
     if text.startswith("@"):
@@ -139,9 +139,10 @@ def _evaluate(spec, model, out, threads, trained=None):
 def _dispatch(args):
     if args.cmd == "train":
         from contextlib import nullcontext
-        from harness.errors import HarnessError
-        from harness.locks import run_lock
-        from harness.trainer import Trainer, distributed_env
+        from core.errors import HarnessError
+        from core.locks import run_lock
+        from harness.distributed import distributed_env
+        from harness.trainer import Trainer
         from models import TORCHVISION_INIT
         spec = _spec(args.spec, args)
         if spec.init not in (None, TORCHVISION_INIT) and not args.init:
@@ -161,7 +162,7 @@ def _dispatch(args):
         print(summary(table, args.scale))
     elif args.cmd == "runs":
         import yaml
-        from harness.errors import HarnessError
+        from core.errors import HarnessError
         from harness.tables import runs_for
         try:
             config = yaml.safe_load(open(args.configfile))
@@ -182,14 +183,14 @@ def _dispatch(args):
         from harness.compare import compare_results
         return 0 if compare_results(args.results_a, args.results_b, args.tolerance) else 1
     elif args.cmd == "figures":
-        from harness.results import paper_settings, read_results
+        from core.results import paper_settings, read_results
         from harness.figures import figures
         titles, references = paper_settings("title", args.papers_dir), paper_settings("reference", args.papers_dir)
         for png in figures(read_results(args.table), args.scale, args.out, args.only, titles, references):
             print(png)
     elif args.cmd == "parity":
         from harness.checks import parity
-        from harness.results import paper_settings, read_results
+        from core.results import paper_settings, read_results
         from harness.figures import parity_figures
         table, references = read_results(args.table), paper_settings("reference", args.papers_dir)
         parity(table, args.out, references, args.scale)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import io
-from harness.errors import HarnessError
+from core import io
+from core.errors import HarnessError
 
 COLUMNS = ["scale", "paper", "row", "method", "pipeline", "model", "dataset", "level", "level_kind", "seed", "top1", "top5",
            "best_top1", "sparsity", "bits", "compression", "size_bits", "size_budget_bits", "structured_sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",

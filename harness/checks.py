@@ -21,16 +21,16 @@ Four kinds of check (the `check` column), on each row's mean over its seeds:
 Tolerances. A row's `published.tolerance`, else its table's `default_tolerance`, is one number T
 read in each metric's own terms: T accuracy points for top1/top5, T sparsity points (T/100 as a
 fraction) for sparsity, and T percent of the published value for flops, nonzero_params and
-compression (32-bit dense size / stored size, harness.metrics.model_size), whose scale depends on the model. The budget
+compression (32-bit dense size / stored size, core.metrics.model_size), whose scale depends on the model. The budget
 check allows 1e-3, or a method class's own `sparsity_tolerance`."""
 import functools
 
 import numpy as np
 import pandas as pd
 
-from harness import io
-from harness.errors import HarnessError
-from harness.results import (COMPARABLE_SCALE, PUBLISHED, TOLERANCE_UNIT, is_pruned, paper_settings,
+from core import io
+from core.errors import HarnessError
+from core.results import (COMPARABLE_SCALE, PUBLISHED, TOLERANCE_UNIT, is_pruned, paper_settings,
                              read_results, row_settings)
 
 PASS, FAIL, NOT_COMPARABLE = "pass", "fail", "not comparable"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from harness.checks import allowed
-from harness.results import read_results
+from core.results import read_results
 
 KEYS = ["scale", "paper", "row", "level", "seed"]
 METRICS = ["top1", "sparsity", "flops"]

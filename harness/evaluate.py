@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from harness import io
-from harness.budgets import write_budget_csv
-from harness.metrics import accuracy, count_params, flops, layer_sparsity, model_size, sparsity_summary
-from harness.trainer import load_trained, loaders_for, select_device
+from core import io
+from core.budgets import write_budget_csv
+from core.metrics import accuracy, count_params, flops, layer_sparsity, model_size, sparsity_summary
+from harness.building import load_trained, loaders_for, select_device
 
 
 def git_commit():

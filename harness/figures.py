@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from harness.checks import reference_values
-from harness.results import COMPARABLE_SCALE, ResultsError
+from core.results import COMPARABLE_SCALE, ResultsError
 from harness.paper_figures import default_figures
 from harness import plots
 from harness.plots import curves, legend_handles, marker_map, palette, panels, save, shared_style, tradeoff

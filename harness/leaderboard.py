@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from harness import io
-from harness.results import read_results, row_settings
+from core import io
+from core.results import read_results, row_settings
 
 PAPER = "leaderboard"
+BOARD_CSV = "results/leaderboard.csv"   # what rules/leaderboard.smk writes
 AXIS = {"sparsity": "sparsity", "bits": "bits_per_weight"}
 DEFAULT_TOLERANCE = {"sparsity": 0.005, "bits": 0.1}
 VALUES = ["top1", "flops", "speedup", "compression", "size_bits"]

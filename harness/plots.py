@@ -16,8 +16,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import (EngFormatter, FixedLocator, FuncFormatter, LogLocator,  # noqa: E402
                                NullFormatter)
 
-from harness.results import COMPARABLE_SCALE, is_pruned, row_settings  # noqa: E402
-from harness.registry import Registry  # noqa: E402
+from core.results import COMPARABLE_SCALE, is_pruned, row_settings  # noqa: E402
+from core.registry import Registry  # noqa: E402
 
 FIGURES = Registry("figure")
 AXIS_LABEL = {"top1": "top-1 accuracy (%)", "sparsity": "sparsity",

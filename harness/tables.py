@@ -20,10 +20,10 @@ import yaml
 import data
 import methods
 import models
-from harness.errors import HarnessError
-from harness.paths import PAPERS_DIR, ROOT
-from harness.registry import suggest
-from harness.spec import RunSpec, TrainConfig
+from core.errors import HarnessError
+from core.paths import PAPERS_DIR, ROOT
+from core.registry import suggest
+from core.spec import RunSpec, TrainConfig
 
 SCALES = ("smoke", "laptop", "paper")
 

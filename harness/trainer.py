@@ -5,7 +5,7 @@ A run folder holds spec.json, checkpoint.pt (rolling, every epoch, written atomi
 (the per-epoch history) and model.pt (the trained model with its method's state, and what the
 stage it started from handed over: Method.inherited).
 
-Several GPUs: the train rule starts one process per GPU under torchrun (harness/scheduling.py:
+Several GPUs: the train rule starts one process per GPU under torchrun (core/scheduling.py:
 launcher), which sets RANK, LOCAL_RANK and WORLD_SIZE; each process trains on cuda:LOCAL_RANK (NCCL;
 on a machine without CUDA, the CPU with gloo) with DistributedDataParallel, which averages the
 gradients. Every rank takes its slice of the same global batch (data/loaders.py), so the global
@@ -16,169 +16,26 @@ numbers (a level LCS samples per batch is the whole batch's; dropout masks repea
 every rank resumes from checkpoint.pt. train.json keeps its format: its losses, accuracies and
 samples/s are the whole batch's, summed over ranks."""
 
-import datetime
-import hashlib
-import json
 import os
-import random
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-import data
 import methods
 import models
-from harness import io
-from harness.errors import CheckpointError, Divergence, HarnessError
-from harness.metrics import Throughput, accuracy, layer_sparsity, sparsity_summary
-from harness.schedules import LRSchedule
-from harness.spec import PRECISIONS, RunSpec
-
-
-def select_device(name="auto"):
-    """The torch device of `device:` (auto: CUDA when present), or one line saying why it cannot be used."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise HarnessError(f"device {name!r}: CUDA is not available on this machine; use device=auto or cpu")
-        if (device.index or 0) >= torch.cuda.device_count():
-            raise HarnessError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), "
-                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise HarnessError(f"device {name!r}: MPS is not available on this machine; use device=auto or cpu")
-    return device
-
-
-def seed_everything(seed, device):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if device.type == "cpu":
-        # = use_deterministic_algorithms(True), which also imports torch._inductor (1-3 s of every job)
-        # only to set a torch.compile option; nothing here compiles
-        torch.set_deterministic_debug_mode("error")
-
-
-def build_model(spec: RunSpec, info, device, init_state=None, budget_file=None, inherited=None):
-    """Model from the registry, optional starting weights, then the method's changes; `inherited`
-    is what the stage it starts from handed over with those weights (Method.handoff)."""
-    model = models.create_model(spec.model, num_classes=info.num_classes, in_channels=info.shape[0],
-                                **_model_kwargs(spec, info))
-    if init_state is not None:
-        models.load_mapped(model, init_state, f"the starting weights of {spec.row} ({spec.init})")
-    method = methods.get_method(spec.method)
-    method = method(method.Args(**spec.method_args), spec.budget, budget_file)
-    method.inherited = dict(inherited or {})
-    model = method.build(model).to(device)
-    if channels_last(model, method, device):
-        model = model.to(memory_format=torch.channels_last)
-    return model, method
-
-
-def channels_last(model, method, device):
-    """Train in NHWC: convolutions and pooling are faster so on CUDA, and on the CPU for plain conv
-    nets (a step 1.35x faster for LeNet-5, 1.9x for ResNet-20), unless the method opts out there."""
-    return uses_conv(model) and (torch.device(device).type != "cpu" or method.channels_last_on_cpu)
-
-
-def distributed_env():
-    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) for a single process."""
-    return tuple(int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-
-
-def rank_device(name, local_rank, world):
-    """A DDP process's device: cuda:LOCAL_RANK where CUDA is used, else the CPU (gloo)."""
-    device = select_device(name)
-    if device.type != "cuda":
-        return device
-    if local_rank >= torch.cuda.device_count():
-        raise HarnessError(f"this run trains with {world} processes, one per GPU, but {torch.cuda.device_count()} "
-                           f"GPU(s) are visible; give the job {world} GPUs, or fewer processes with "
-                           f"--set-resources train:gpu=N (the global batch stays train.batch_size)")
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
-
-
-def start_distributed(device):
-    """The process group of one run: NCCL between GPUs, gloo on the CPU. The timeout leaves time
-    for rank 0 to evaluate and write a checkpoint while the others wait."""
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=60))
-
-
-def distributed(model, device, world):
-    """DistributedDataParallel for several processes (it averages gradients in backward); hooks,
-    metrics and checkpoints keep using the unwrapped model."""
-    if world == 1:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def state_digest(state):
-    """sha256 of a model's state_dict (parameters and buffers, masks included): every DDP rank's is
-    the same."""
-    h = hashlib.sha256()
-    for k, v in state.items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def start_digest(state, inherited):
-    """What a run starts from: the handed-over weights and facts of the stage before it."""
-    facts = hashlib.sha256(json.dumps(inherited, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return f"{state_digest(state)}{facts}"
-
-
-def uses_conv(model):
-    return any(p.dim() == 4 for p in model.parameters())
-
-
-def load_trained(path, info, device="cpu"):
-    """A trained model.pt rebuilt with the method that trained it, its state restored."""
-    saved = io.load_torch(path, "trained model")
-    spec = RunSpec(**saved["spec"])
-    model, method = build_model(spec, info, torch.device(device), inherited=saved.get("inherited"))
-    try:
-        model.load_state_dict(saved["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit model {spec.model!r} with method {spec.method!r} "
-                              f"({str(err).splitlines()[0]}); delete it to retrain") from None
-    method.load_state_dict(saved["method"])
-    return model, method
-
-
-def handed_over(path, info):
-    """What a following stage (finetune, the next compression rate) starts from: the plain weights
-    of a trained model after its method's `handoff` (by default `finalize`: masks baked, values
-    quantized), and the facts handed over with them (e.g. ADMM's bit widths)."""
-    model, method = load_trained(path, info)
-    facts = method.handoff(model)
-    return {k: v.contiguous() for k, v in model.state_dict().items()}, dict(facts or {})
-
-
-def _model_kwargs(spec, info):
-    kwargs = dict(spec.model_args)
-    if spec.model.startswith("lenet"):
-        kwargs.setdefault("input_size", info.shape[-1])
-    return kwargs
-
-
-def loaders_for(spec, device, batch_size, eval_batch_size=0, workers=4):
-    return data.make_loaders(spec.dataset, spec.data_dir, batch_size, device, seed=spec.seed,
-                             eval_batch_size=eval_batch_size or None, workers=workers,
-                             **spec.dataset_args)
-
+from core import io
+from harness.building import build_model, channels_last, handed_over, loaders_for, seed_everything, select_device, \
+    start_digest
+from harness.distributed import check_replicas, distributed, distributed_env, finish, from_rank0, rank_device, \
+    start_distributed, summed
+from core.errors import Divergence, HarnessError
+from core.metrics import Throughput, accuracy, layer_sparsity, sparsity_summary
+from core.schedules import LRSchedule
+from core.spec import PRECISIONS, RunSpec
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -340,7 +197,7 @@ class Trainer:
         if bar:
             bar.close()
         if self.world > 1:  # the whole batch's figures: summed over ranks
-            loss_sum, correct, samples = self.summed(loss_sum, correct, timer.samples)
+            loss_sum, correct, samples = summed(self.device, loss_sum, correct, timer.samples)
             timer.samples = int(samples)
         n = timer.samples
         return {"loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n, "lr": lr,
@@ -353,11 +210,6 @@ class Trainer:
             return loss
         return loss * (n * self.world / self.train_loader.global_size(step))
 
-    def summed(self, *values):
-        t = torch.stack([torch.as_tensor(v, device=self.device).double() for v in values])
-        dist.all_reduce(t)
-        return t.unbind()
-
     def test_top1(self):
         """Test accuracy of the unwrapped model, as the method's `eval_model` gives it; under DDP on
         rank 0 alone, over the whole test set (the number one process gets), sent to the other ranks
@@ -366,29 +218,7 @@ class Trainer:
         if self.rank == 0:
             with self.method.eval_model(self.model) as model:   # e.g. ADMM's quantized copy
                 top1 = accuracy(model, self.test_loader, topk=(1,))["top1"]
-        if self.world > 1:
-            box = [top1]
-            dist.broadcast_object_list(box, src=0)
-            top1 = box[0]
-        return top1
-
-    def check_replicas(self):
-        """DDP keeps the ranks' weights equal only if every method hook acts alike on every rank:
-        compare their digests after each epoch and stop with an error where they differ. Buffers
-        that forward passes update on each rank's own data (norm statistics) are rank 0's first,
-        as DDP makes them before every forward pass."""
-        if self.world == 1:
-            return
-        for buffer in self.model.buffers():
-            sent = buffer.to(torch.uint8) if buffer.dtype == torch.bool else buffer   # gloo sends no bool
-            dist.broadcast(sent, src=0)
-            if sent is not buffer:
-                buffer.copy_(sent.bool())
-        digests = [None] * self.world
-        dist.all_gather_object(digests, state_digest(self.model.state_dict()))
-        if len(set(digests)) > 1:
-            raise HarnessError(f"the {self.world} DDP processes hold different weights after epoch {self.epoch} "
-                               f"({', '.join(digests)}): a method hook acts differently per rank")
+        return from_rank0(top1) if self.world > 1 else top1
 
     def _check_finite(self, loss_sum, lr):
         if not torch.isfinite(loss_sum):
@@ -413,7 +243,8 @@ class Trainer:
             self.wall_s += time.perf_counter() - t0
             stats.update(epoch=self.epoch, seconds=time.perf_counter() - t0)
             self.history.append(stats)
-            self.check_replicas()
+            if self.world > 1:
+                check_replicas(self.model, self.world, self.epoch)
             self.save_checkpoint()
             self.log(_epoch_line(stats, self.cfg.epochs))
         tested = [h["test_top1"] for h in self.history if "test_top1" in h]
@@ -426,11 +257,7 @@ class Trainer:
                            "spec": self.spec.result_dict(), "inherited": self.method.inherited}, self.out / "model.pt")
             io.save_json(summary, self.out / "train.json")
         if self.world > 1:
-            digests = os.environ.get("HARNESS_RANK_DIGESTS")  # for tests: each rank's final weights
-            if digests:
-                Path(digests, f"rank{self.rank}.txt").write_text(state_digest(self.model.state_dict()))
-            dist.barrier()  # every rank ends once rank 0's files are written
-            dist.destroy_process_group()
+            finish(self.model, self.rank)
         return summary
 
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("harness", "methods", "models", "data")
+PACKAGES = ("core", "harness", "methods", "models", "data")
 COMMANDS = ("train", "evaluate")
 IDLE_S = 30            # a Snakemake run starts its next job within a second of the last (HARNESS_WARM_IDLE_S)
 START_TIMEOUT_S = 120  # the server's imports take about 7 s on a quiet machine

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.metrics import prunable_layers
-from harness.registry import check_choice
+from core.metrics import prunable_layers
+from core.registry import check_choice
 
 from .base import Budget, Method, register_method
 from .quantize import (allocate_bits, bits_used, compression_rate, eval_bits, layer_budget, prune_projection,
@@ -160,7 +160,6 @@ class ADMM(Method):
         if self.teacher is not None:
             loss = loss + self._distillation(outputs)
         if self.uses_admm and not self.args.prox:
-            self._align()
             loss = loss + 0.5 * self.args.rho * sum(((w - v + u) ** 2).sum()
                                                     for w, v, u in zip(self._weights(), self.V, self.U))
         return loss
@@ -192,7 +191,6 @@ class ADMM(Method):
         spe = progress.steps_per_epoch
         self._check_intervals(spe)
         weights = self._weights()
-        self._align()
         if self.uses_admm and self.args.prox:
             self.prox_step(weights, self._lr(progress))
         in_epoch = progress.step - progress.epoch * spe          # train.py's batch_idx + 1
@@ -253,15 +251,6 @@ class ADMM(Method):
             diff = w - v
             u.add_(diff)
             self.residual[i] = float(diff.pow(2).sum())
-
-    def _align(self):
-        """V and U follow the weights' device (build runs before the model is moved)."""
-        if self.V is None:
-            return
-        device = self.layers[0][1].weight.device
-        if self.V[0].device != device:
-            self.V = [v.to(device) for v in self.V]
-            self.U = [u.to(device) for u in self.U]
 
     # -- the compressed model ---------------------------------------------------------------------
     @torch.no_grad()
@@ -358,6 +347,7 @@ class ADMM(Method):
     def load_state_dict(self, state):
         self.bits, self.nnz = list(state["bits"]), list(state["nnz"])
         self.projected, self.residual = state["projected"], list(state["residual"])
-        if self.uses_admm:
-            self.V = [v.clone() for v in state["V"]]
-            self.U = [u.clone() for u in state["U"]]
+        if self.uses_admm:   # on the weights' device (checkpoints load onto the CPU)
+            device = self.layers[0][1].weight.device
+            self.V = [v.to(device, copy=True) for v in state["V"]]
+            self.U = [u.to(device, copy=True) for u in state["U"]]

@@ -3,7 +3,7 @@ points. A method only overrides the hooks where its paper differs from plain tra
 import contextlib
 from dataclasses import dataclass
 
-from harness.registry import Registry
+from core.registry import Registry
 
 METHODS = Registry("method")
 method_names = METHODS.names

@@ -11,7 +11,7 @@ zero) no weight decay. Which tensors are pruned and masked (`tensors`):
   weights         conv/linear weights only (ADMM's finetune.py masks only those);
   weights_norm    every parameter named `weight`: conv/linear weights and norm weights (BN gamma),
                   no biases, as cifar_prun_tune.py thresholds and masks them.
-Table sparsity counts conv/linear weights only, whatever is masked (harness.metrics); the pruned
+Table sparsity counts conv/linear weights only, whatever is masked (core.metrics); the pruned
 norm weights are in the method report (`norm_weights`, `norm_nonzero`).
 
 `quantize: true` is the ADMM paper's finetune.py (without --quant): the sparsity pattern and each
@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from harness.metrics import prunable_layers
-from harness.registry import check_choice
+from core.metrics import prunable_layers
+from core.registry import check_choice
 
 from .base import Method, register_method
 from .masking import Mask, bake_masks

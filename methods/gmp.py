@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.registry import check_choice
+from core.registry import check_choice
 
 from .base import Method, register_method
 from .masking import add_masks, bake_masks, layer_targets, magnitude_mask, raw_weight, sparsity_budget_keys

@@ -2,7 +2,7 @@
 and the baselines its README names, in its three settings:
 
   setting        methods                                     level (evaluation grid)
-  structured     lcs_l, lcs_p, us, ns, lec                    width factor (LEC: channel keep fraction)
+  structured     lcs_l, lcs_p, us, ns, lec (methods/lec.py)   width factor (LEC: channel keep fraction)
   unstructured   lcs_l, lcs_p, target_topk                    TopK = fraction of weights kept per layer
   quantized      lcs_l, lcs_p, target_bit_width               bit width of weights and conv inputs
 
@@ -19,16 +19,14 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
-import torch.fx
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from harness.metrics import PRUNABLE_TYPES, prunable_layers
+from core.metrics import prunable_layers
 
 from .base import Method, register_method
-from .lcs_layers import (INITS, NORM_KINDS, SubspaceNorm, SubspaceWeight, alpha_bit_map, anneal_topk, init_weight_,
-                         magnitude_mask)
+from .channel_graph import norm_neighbours
+from .lcs_layers import INITS, NORM_KINDS, SubspaceNorm, SubspaceWeight, alpha_bit_map, anneal_topk, init_weight_
 
 SETTINGS = ("structured", "unstructured", "quantized")
 LEVEL_KIND = {"structured": "width", "unstructured": "topk", "quantized": "bits"}
@@ -94,65 +92,84 @@ class LCSArgs:
 
     def __post_init__(self):
         check_args(self.method, self)
+        for key, value in reference_defaults(self.method, self).items():
+            setattr(self, key, value)
 
 
 def _fail(key, message):
     raise ValueError(f"method_args.{key}: {message}")
 
 
+def _setting(method, a):
+    return FIXED_SETTING.get(method) or a.setting
+
+
+def _norm(method, a):
+    structured = _setting(method, a) == "structured"
+    return (a.norm or ("BN" if method in ("us", "ns", "lec", "target_topk", "target_bit_width")
+                       else "IN" if structured else "GN")).upper()
+
+
+def _topk_bounds(a):
+    return (a.topk_lower_bound if a.topk_lower_bound is not None else 0.025,
+            a.topk_upper_bound if a.topk_upper_bound is not None else 1.0)
+
+
+def reference_defaults(method, a):
+    """The reference's value of each option left out (None), and the setting a baseline is fixed to."""
+    lo, hi = _topk_bounds(a)
+    return {"setting": _setting(method, a), "norm": _norm(method, a),
+            "width_factor_limits": [float(v) for v in a.width_factor_limits or [0.25, 1.0]],
+            "width_factors_list": a.width_factors_list or [1.0, 0.75, 0.5, 0.25],   # the reference's ns.yaml
+            "topk_lower_bound": lo, "topk_upper_bound": hi, "topk": 0.9 if a.topk is None else a.topk,
+            "bit_width_limits": [int(v) for v in a.bit_width_limits or [3, 8]],
+            "bit_width": 6 if a.bit_width is None else a.bit_width}
+
+
 def check_args(method, a):
-    """Reject option combinations the reference rejects or ignores; fill in its defaults."""
-    fixed = FIXED_SETTING.get(method)
-    if fixed:
-        if a.setting not in (None, fixed):
-            _fail("setting", f"method {method!r} is {fixed} only; remove it")
-        a.setting = fixed
-    elif a.setting not in SETTINGS:
+    """Reject option combinations the reference rejects or ignores (one line each); changes nothing."""
+    fixed, setting = FIXED_SETTING.get(method), _setting(method, a)
+    if fixed and a.setting not in (None, fixed):
+        _fail("setting", f"method {method!r} is {fixed} only; remove it")
+    if setting not in SETTINGS:
         _fail("setting", f"{a.setting!r}: method {method!r} needs one of {', '.join(SETTINGS)}")
     defaults = {f.name: f.default for f in fields(LCSArgs)}
     for key, users in OPTION_USERS.items():
-        if getattr(a, key) != defaults[key] and method not in users and f"{method}:{a.setting}" not in users:
-            _fail(key, f"does not apply to method {method!r} ({a.setting}); it is for "
+        if getattr(a, key) != defaults[key] and method not in users and f"{method}:{setting}" not in users:
+            _fail(key, f"does not apply to method {method!r} ({setting}); it is for "
                        f"{', '.join(sorted(users))}; remove it")
-    structured = a.setting == "structured"
-    norm = (a.norm or ("BN" if method in ("us", "ns", "lec", "target_topk", "target_bit_width")
-                       else "IN" if structured else "GN")).upper()
+    norm = _norm(method, a)
     if norm not in NORM_KINDS:
         _fail("norm", f"{a.norm!r}: use IN, BN or GN")
-    if structured and norm == "GN":
+    if setting == "structured" and norm == "GN":
         _fail("norm", "GN is not supported with structured sparsity (slimmed channel counts do not divide into groups); use IN or BN")
     if method in ("us", "ns", "lec") and norm != "BN":
         _fail("norm", f"method {method!r} is defined with one shared BatchNorm; use BN (or lcs_p for US with {norm})")
-    a.norm = norm
     if not 0 <= a.warmup_budget <= 100:
         _fail("warmup_budget", f"{a.warmup_budget} is a percentage of training iterations; use 0..100")
-    a.width_factor_limits = _pair(a, "width_factor_limits", [0.25, 1.0], 0.0, 1.0, float)
+    _check_pair(a, "width_factor_limits", 0.0, 1.0, float)
     for key in ("width_factors_list", "eval_width_factors"):
         for w in getattr(a, key) or []:
             if not 0 < w <= 1:
                 _fail(key, f"width {w} is outside (0, 1]")
     if a.width_factor_samples < 2:
         _fail("width_factor_samples", "the sandwich rule needs at least 2 (both limits)")
-    a.width_factors_list = a.width_factors_list or [1.0, 0.75, 0.5, 0.25]   # the reference's ns.yaml builder_kwargs
     # unstructured: the README's rule, bounds only with a grid
     for key in ("topk_lower_bound", "topk_upper_bound"):
         if getattr(a, key) is not None and a.eval_topk_grid is None:
             _fail(key, "needs method_args.eval_topk_grid too (the README's rule: a grid that covers the new range)")
-    lo = a.topk_lower_bound if a.topk_lower_bound is not None else 0.025
-    hi = a.topk_upper_bound if a.topk_upper_bound is not None else 1.0
+    lo, hi = _topk_bounds(a)
     if not 0 < lo < hi <= 1:
         _fail("topk_lower_bound", f"TopK bounds [{lo}, {hi}] must satisfy 0 < lower < upper <= 1")
-    a.topk_lower_bound, a.topk_upper_bound = lo, hi
-    a.topk = 0.9 if a.topk is None else a.topk
-    if not 0 < a.topk <= 1:
+    if a.topk is not None and not 0 < a.topk <= 1:
         _fail("topk", f"{a.topk} is the fraction of weights kept; use (0, 1]")
     for t in a.eval_topk_grid or []:
         if not 0 < t <= 1:
             _fail("eval_topk_grid", f"TopK {t} is outside (0, 1]")
     # quantized: 3..8 bits, as the reference's command line checks
-    a.bit_width_limits = _pair(a, "bit_width_limits", [3, 8], 3, 8, int, strict=False)
-    a.bit_width = 6 if a.bit_width is None else a.bit_width
-    for key, values in (("bit_width", [a.bit_width]), ("eval_bit_widths", a.eval_bit_widths or [])):
+    _check_pair(a, "bit_width_limits", 3, 8, int, strict=False)
+    for key, values in (("bit_width", [a.bit_width] if a.bit_width is not None else []),
+                        ("eval_bit_widths", a.eval_bit_widths or [])):
         for b in values:
             if not (isinstance(b, int) and 3 <= b <= 8):
                 _fail(key, f"{b!r} bits: use whole numbers from 3 to 8")
@@ -166,17 +183,16 @@ def check_args(method, a):
         _fail("init", f"{a.init!r}: use one of {', '.join(INITS)} (the model whose reference constructor to follow)")
 
 
-def _pair(a, key, default, low, high, kind, strict=True):
+def _check_pair(a, key, low, high, kind, strict=True):
     value = getattr(a, key)
     if value is None:
-        return default
+        return
     ok = (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
           and (low < value[0] if strict else low <= value[0]) and value[0] <= value[1] <= high
           and (value[0] < value[1] or not strict))
     if not ok or (kind is int and not all(isinstance(v, int) for v in value)):
         bounds = f"{low} < low < high <= {high}" if strict else f"{low} <= low <= high <= {high}, whole numbers"
         _fail(key, f"{value!r} should be [low, high] with {bounds}")
-    return [kind(v) for v in value]
 
 
 FIXED_SETTING = {"us": "structured", "ns": "structured", "lec": "structured",
@@ -467,86 +483,3 @@ class TargetBitWidth(SubspaceMethod):
 
 
 # -- LEC: network slimming without finetuning ----------------------------------------------------
-_CHANNELWISE_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
-_CHANNELWISE_CALLS = (F.relu, torch.relu, torch.flatten, "relu", "flatten")
-
-
-def norm_neighbours(model):
-    """{norm name: (producer conv or None, [consumer layers])} from the traced graph: the conv
-    whose only use is this norm, and the conv/linear layers its output reaches through
-    channel-wise ops only (ReLU, pooling, flatten). A pruned norm channel kills that producer's
-    filter and those consumers' input channel (what network slimming removes physically)."""
-    modules = dict(model.named_modules())
-    graph = torch.fx.symbolic_trace(model).graph
-    out = {}
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
-            continue
-        channels = modules[node.target].num_features
-        consumers, stack = [], list(node.users)
-        while stack:
-            u = stack.pop()
-            m = modules.get(u.target) if u.op == "call_module" else None
-            if isinstance(m, PRUNABLE_TYPES):
-                if (m.in_channels if isinstance(m, nn.Conv2d) else m.in_features) == channels:
-                    consumers.append(u.target)
-            elif isinstance(m, _CHANNELWISE_MODULES) or (u.op != "call_module" and u.target in _CHANNELWISE_CALLS):
-                stack.extend(u.users)
-        src = node.args[0]
-        producer = src.target if (src.op == "call_module" and isinstance(modules[src.target], nn.Conv2d)
-                                  and len(src.users) == 1) else None
-        out[node.target] = (producer, sorted(set(consumers)))
-    return out
-
-
-@register_method
-class NetworkSlimming(Method):
-    """LEC (Liu et al. 2017, "Learning Efficient Convolutional Networks through Network Slimming"),
-    as LCS uses it: L1 on the BN scales while training (gradient += s·sign(γ)); at each channel
-    keep fraction f, one global threshold on |γ| prunes the int((1-f)·N) smallest of all N norm
-    channels, with no finetuning. Pruned channels are zeroed (norm scale and shift, the producing
-    conv's filter, the consuming layers' input columns), which is the physically slimmed network."""
-    name = "lec"
-    Args = _args("lec")
-    level_kind = "width"
-
-    def build(self, model):
-        init_like_the_reference(model)
-        self.neighbours = norm_neighbours(model)
-        return model
-
-    def loss(self, model, outputs, base_loss):
-        scales = [m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        return base_loss + self.args.lec_sparsity * sum(g.abs().sum() for g in scales)
-
-    def evaluation_points(self):
-        return list(self.args.eval_width_factors or DEFAULT_GRID["lec"])
-
-    def pruned_channels(self, model, keep):
-        modules = dict(model.named_modules())
-        gammas = torch.cat([modules[n].weight.detach().abs().flatten() for n in self.neighbours])
-        keep_mask = magnitude_mask(gammas, int((1.0 - keep) * gammas.numel()))
-        out, i = {}, 0
-        for n in self.neighbours:
-            c = modules[n].num_features
-            out[n] = (keep_mask[i:i + c] == 0).nonzero().flatten()
-            i += c
-        return out
-
-    @contextlib.contextmanager
-    def at_level(self, model, level):
-        saved = {k: v.clone() for k, v in model.state_dict().items()}
-        modules = dict(model.named_modules())
-        with torch.no_grad():
-            for n, idx in self.pruned_channels(model, level).items():
-                modules[n].weight[idx] = 0
-                modules[n].bias[idx] = 0
-                producer, consumers = self.neighbours[n]
-                if producer:
-                    modules[producer].weight[idx] = 0
-                for c in consumers:
-                    modules[c].weight[:, idx] = 0
-        try:
-            yield
-        finally:
-            model.load_state_dict(saved)

@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from harness.metrics import prunable_layers
-from harness.paths import ROOT
+from core.metrics import prunable_layers
+from core.paths import ROOT
 
 
 class Mask(nn.Module):
@@ -67,7 +67,7 @@ def sparsity_budget_keys():
 def layer_targets(budget, model, budget_file=None):
     """{layer name: target sparsity} for every prunable layer: a transferred or CSV budget, else
     `layerwise` entries, else the uniform `sparsity`."""
-    from harness.budgets import match_layers, read_budget_csv
+    from core.budgets import match_layers, read_budget_csv
     layers = [(n, m.weight.numel()) for n, m in prunable_layers(model)]
     targets = {n: budget["sparsity"] for n, _ in layers}
     if budget.get("transfer") and budget_file is not None:   # (the trainer insists on the file; evaluation

@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from harness.metrics import model_size
+from core.metrics import model_size
 
 NZ_EPS = 1e-5      # |x| below this counts as zero (util._NZ_PES)
 MAX_BITS = 8       # candidate bit widths are bwlb..8
@@ -62,7 +62,7 @@ def bits_used(bits, nnz):
 
 def compression_rate(numels, bits, nnz):
     """32 * sum_l n_l / sum_l (b_l * nnz_l): the paper's and reference's rate, over the weights of
-    Conv2d/Linear layers only, as harness.metrics.model_size defines it for every method."""
+    Conv2d/Linear layers only, as core.metrics.model_size defines it for every method."""
     return model_size([{"params": n} for n in numels], list(zip(bits, nnz)))["compression"]
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.metrics import prunable_layers
-from harness.registry import check_choice
+from core.metrics import prunable_layers
+from core.registry import check_choice
 
 from .base import Method, register_method
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from harness.metrics import prunable_layers
+from core.metrics import prunable_layers
 
 from .base import Method, register_method
 from .masking import bake_masks

@@ -9,7 +9,7 @@ import re
 
 import torch
 
-from harness.errors import DataMissing, HarnessError
+from core.errors import DataMissing, HarnessError
 
 TORCHVISION_INIT = "torchvision"
 WEIGHTS = "IMAGENET1K_V1"      # what `pretrained=True` loaded when the references were written

@@ -1,5 +1,5 @@
 """Model registry: `@register_model("name")` on a constructor, `create_model(name, ...)` to build."""
-from harness.registry import Registry
+from core.registry import Registry
 
 from .layers import Layers
 from .weight_init import apply_weight_init

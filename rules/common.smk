@@ -10,9 +10,9 @@ sys.path.insert(0, workflow.basedir)
 from snakemake.utils import validate
 
 import data
-from harness.errors import HarnessError
-from harness.tables import TableError, runs_for, paper_names
-from harness import io, locks, scheduling
+from core.errors import HarnessError
+from harness.tables import SCALES, TableError, runs_for, paper_names
+from core import io, locks, scheduling
 
 
 def _die(message):
@@ -45,7 +45,7 @@ except Exception as err:
 
 if workflow.is_main_process:   # not in a cluster job's own Snakemake
     # a Snakemake killed before it could unlock leaves its lock: remove it if it is provably stale,
-    # so that running the same command again works (harness/locks.py)
+    # so that running the same command again works (core/locks.py)
     _note = locks.clear_stale_snakemake_lock(os.path.abspath(".snakemake"))
     if _note:
         print(_note, file=sys.stderr)
@@ -85,7 +85,7 @@ def _transfer_key(spec):
     return (spec.paper, row, str(spec.seed)) if row else None
 
 
-# the train rule's priority: long chains first (harness/scheduling.py: chain_lengths)
+# the train rule's priority: long chains first (core/scheduling.py: chain_lengths)
 CHAIN_LENGTH = scheduling.chain_lengths({key: [k for k in (_init_key(s), _transfer_key(s)) if k]
                                          for key, s in SPECS.items()})
 
@@ -122,7 +122,7 @@ def metrics_files(runs):
 def other_scale_metrics():
     """metrics.json already computed at the other scales, so tables.csv keeps every scale's rows."""
     found = []
-    for scale in ("smoke", "laptop", "paper"):
+    for scale in SCALES:
         if scale == SCALE:
             continue
         try:
@@ -148,7 +148,7 @@ def _folder_data_missing(spec):
 
 
 def _device_problem():
-    from harness.trainer import select_device
+    from harness.building import select_device
     try:
         select_device(DEVICE)
     except HarnessError as err:

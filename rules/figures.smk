@@ -5,23 +5,26 @@ FIGURES = [f"results/figures/{SCALE}/overview.png", *(f"results/figures/{SCALE}/
 
 rule paper_figures:
     input:
-        "results/tables.csv",
+        table="results/tables.csv",
+        papers=expand("config/papers/{paper}.yaml", paper=config["papers"]),  # titles, reference sections
+        board=lambda wc: LEADERBOARD if wc.paper == "leaderboard" else [],   # the targets drawn
     output:
         report(directory("results/figures/{scale}/{paper}"), patterns=["{name}.png"],
                caption="../report/figure.rst", category="Figures", subcategory="{paper}"),
     log:
         "results/logs/figures-{scale}-{paper}.log",
     wildcard_constraints:
-        scale="smoke|laptop|paper",
+        scale="|".join(SCALES),
         paper=r"[\w-]+",  # not overview.png
     shell:
-        "{PYTHON} -m harness figures --table {input} --scale {wildcards.scale} --out results/figures/{wildcards.scale} "
-        "--only {wildcards.paper} > {log} 2>&1"
+        "{PYTHON} -m harness figures --table {input.table} --scale {wildcards.scale} "
+        "--out results/figures/{wildcards.scale} --only {wildcards.paper} > {log} 2>&1"
 
 
 rule overview_figure:
     input:
-        "results/tables.csv",
+        table="results/tables.csv",
+        papers=expand("config/papers/{paper}.yaml", paper=config["papers"]),  # titles
     output:
         png=report("results/figures/{scale}/overview.png", caption="../report/overview.rst", category="Figures",
                    subcategory="overview"),
@@ -29,7 +32,7 @@ rule overview_figure:
     log:
         "results/logs/figures-{scale}-overview.log",
     wildcard_constraints:
-        scale="smoke|laptop|paper",
+        scale="|".join(SCALES),
     shell:
-        "{PYTHON} -m harness figures --table {input} --scale {wildcards.scale} --out results/figures/{wildcards.scale} "
-        "--only overview > {log} 2>&1"
+        "{PYTHON} -m harness figures --table {input.table} --scale {wildcards.scale} "
+        "--out results/figures/{wildcards.scale} --only overview > {log} 2>&1"

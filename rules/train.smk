@@ -17,7 +17,7 @@
 # fork, which benchmark.tsv (the job's own process tree) does not see: its wall time is right.
 # A run with several GPUs (paper-scale `train.gpus`, or `train.processes`) trains with
 # DistributedDataParallel, one process per GPU started by torchrun inside this one job
-# (harness/scheduling.py: launcher); the job's GPU count decides it, so
+# (core/scheduling.py: launcher); the job's GPU count decides it, so
 # `--set-resources train:gpu=N` runs a row on N GPUs with the same global batch.
 
 

@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-WORKFLOW_FILES = ["Snakefile", "config", "rules", "harness", "methods", "models", "data", "profiles", "report",
+WORKFLOW_FILES = ["Snakefile", "config", "rules", "core", "harness", "methods", "models", "data", "profiles", "report",
                   "budgets"]
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from harness.spec import RunSpec
+from core.spec import RunSpec
 from harness.trainer import Trainer
 from methods import get_method
 from methods.quantize import (SortedValues, allocate_bits, bits_used, compression_rate, distinct_values, eval_bits,
@@ -501,7 +501,7 @@ def test_prox_training_resumes_exactly(tmp_path):
 # -- finetune.py's role: fixed sparsity pattern and bits, codebook-quantized forward -----------------
 from methods.finetune import Codebook, bits_in_use          # noqa: E402
 from methods.quantize import refine_codebook                # noqa: E402
-from harness.metrics import layer_sparsity, model_size      # noqa: E402
+from core.metrics import layer_sparsity, model_size      # noqa: E402
 
 FINETUNE = get_method("finetune")
 
@@ -677,8 +677,8 @@ from dataclasses import replace                             # noqa: E402
 import json                                                 # noqa: E402
 from harness.aggregate import rows_from_metrics             # noqa: E402
 from harness.evaluate import evaluate                       # noqa: E402
-from harness.metrics import prunable_layers                 # noqa: E402
-from harness.trainer import load_trained                    # noqa: E402
+from core.metrics import prunable_layers                 # noqa: E402
+from harness.building import load_trained                    # noqa: E402
 
 
 def quiet(spec, out, init=None):
@@ -785,7 +785,7 @@ def test_admm_cosine_is_train_pys_lr_after_a_fractional_warmup():
     steps, the lr held to the end of epoch 0 (its cosine steps only when the integer epoch >=
     0.5), then torch's CosineAnnealingLR over 79 * 2.5 steps, stepped after each batch, so the
     last batch trains at 0.0050 instead of ~0. Its lr per batch, replayed with torch's scheduler."""
-    from harness.schedules import LRSchedule
+    from core.schedules import LRSchedule
     steps, epochs, base, warmup = 79, 3, 0.05, 0.5
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps * (epochs - warmup))

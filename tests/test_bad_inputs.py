@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from harness.__main__ import main
-from harness.spec import RunSpec
+from core.spec import RunSpec
 from tests.conftest import ROOT, copy_workflow_files, snakemake
 from tests.test_tables import BASE
 

@@ -1,5 +1,5 @@
 """Training with DistributedDataParallel: two processes on the CPU with gloo, started the way the
-train rule starts them (harness/scheduling.py: launcher, i.e. torchrun). Both ranks end with the
+train rule starts them (core/scheduling.py: launcher, i.e. torchrun). Both ranks end with the
 same weights, the run folder has a single process's format, the result is a single process's up
 to rounding (same global batch), and a killed two-process run resumes from its checkpoint."""
 import json
@@ -17,9 +17,10 @@ import torch.distributed as dist
 
 from data.loaders import TensorLoader
 from data.registry import DataInfo
-from harness import scheduling
-from harness.spec import RunSpec
-from harness.trainer import Trainer, state_digest
+from core import scheduling
+from core.spec import RunSpec
+from harness.building import state_digest
+from harness.trainer import Trainer
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),

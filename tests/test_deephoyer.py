@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import models
-from harness.metrics import layer_sparsity, prunable_layers, sparsity_summary
-from harness.spec import RunSpec
+from core.metrics import layer_sparsity, prunable_layers, sparsity_summary
+from core.spec import RunSpec
 from harness.trainer import Trainer
 from methods import get_method
 from methods.finetune import prune_tensor

@@ -131,7 +131,7 @@ def test_torchvision_weights_load_by_name_and_compute_torchvisions_function(hub_
 
 def test_missing_torchvision_weights_offline_say_where_to_put_them(hub_cache, monkeypatch):
     import models
-    from harness.errors import DataMissing
+    from core.errors import DataMissing
 
     def offline(*args, **kwargs):
         raise OSError("no network")
@@ -142,7 +142,7 @@ def test_missing_torchvision_weights_offline_say_where_to_put_them(hub_cache, mo
 
 def test_weights_that_do_not_fit_are_one_line():
     import models
-    from harness.errors import HarnessError
+    from core.errors import HarnessError
     state = models.create_model("alexnet", 10).state_dict()
     with pytest.raises(HarnessError, match=r"^torchvision does not fit the model \(0 missing, 0 unexpected, 2 of"):
         models.load_mapped(models.create_model("alexnet", 1000), state, "torchvision")
@@ -161,7 +161,7 @@ def test_init_torchvision_is_refused_for_models_it_has_no_weights_for(tmp_path):
 def test_a_run_with_init_torchvision_starts_from_those_weights(hub_cache, tmp_path):
     import torchvision
 
-    from harness.spec import RunSpec
+    from core.spec import RunSpec
     from harness.trainer import Trainer
     torch.manual_seed(1)
     hub_cache("resnet18", torchvision.models.resnet18().state_dict())

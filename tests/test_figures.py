@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from harness import paper_figures, plots
-from harness.results import ResultsError
+from core.results import ResultsError
 from harness.figures import figures
 from harness.plots import per_model, register_figure
-from harness.registry import Registry
+from core.registry import Registry
 from tests.test_checks import results_table
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import models
-from harness.metrics import layer_sparsity
+from core.metrics import layer_sparsity
 from methods import Progress, get_method
 from methods.gmp import str_reference_rate, zhu_gupta_sparsity
 from methods.masking import magnitude_mask, raw_weight

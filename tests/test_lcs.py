@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 import models
-from harness.metrics import flops, layer_sparsity, model_size, prunable_layers, sparsity_summary
-from harness.schedules import LRSchedule
-from harness.spec import RunSpec
+from core.metrics import flops, layer_sparsity, model_size, prunable_layers, sparsity_summary
+from core.schedules import LRSchedule
+from core.spec import RunSpec
 from harness.tables import PAPERS_DIR, PaperTable
-from harness.trainer import build_model
+from harness.building import build_model
 from methods import Progress, get_method
 from methods.lcs import endpoint_cos2
 from methods.lcs_layers import (SubspaceNorm, SubspaceWeight, alpha_bit_map, anneal_topk, kept_channels,

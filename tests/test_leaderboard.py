@@ -148,7 +148,7 @@ def test_figures_leave_missed_targets_out(tmp_path):
     path = tmp_path / "leaderboard.yaml"
     path.write_text(json.dumps({"leaderboard": {"targets": TARGETS, "tolerance": TOLERANCE}}))
     assert settings(path) == (TARGETS, TOLERANCE)
-    figs = leaderboard_figures(table(), settings_path=path)
+    figs = leaderboard_figures(table(), settings_path=path, board_csv=tmp_path / "not-written-yet.csv")
     assert set(figs) == {"top1-sparsity", "top1-flops", "top1-size", "top1-at-targets"}
     ax = figs["top1-at-targets"].axes[0]
     drawn = [c for c in ax.containers]                           # one errorbar per target a method met
@@ -156,3 +156,7 @@ def test_figures_leave_missed_targets_out(tmp_path):
     assert len(drawn) == int(((board.how != "missed") & (board.target_kind != "dense")).sum())
     assert "missed: " in ax.get_xlabel() and "hoyer_square>finetune @ sparsity 0.9" in ax.get_xlabel().replace("\n", " ")
     assert len(final_points(table())) == len(table()) - 2        # the stage, both seeds
+    board.assign(top1_mean=board.top1_mean - 1).to_csv(tmp_path / "leaderboard.csv", index=False)
+    drawn = leaderboard_figures(table(), settings_path=path, board_csv=tmp_path / "leaderboard.csv")
+    first = drawn["top1-at-targets"].axes[0].containers[0].lines[0].get_ydata()[0]
+    assert first == figs["top1-at-targets"].axes[0].containers[0].lines[0].get_ydata()[0] - 1   # the csv's values

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 import models
-from harness.metrics import accuracy, flops, layer_sparsity, sparsity_summary
+from core.metrics import accuracy, flops, layer_sparsity, sparsity_summary
 
 
 def test_sparsity_counts_conv_and_linear_weights_only():
@@ -60,7 +60,7 @@ def test_pipeline_follows_init_chains():
 
 
 def test_model_size_counts_bits_per_stored_weight():
-    from harness.metrics import model_size
+    from core.metrics import model_size
     layers = [{"params": 100}, {"params": 50}]
     size = model_size(layers, [(2, 10), (4, 5)])       # 20 + 20 bits for 15 stored weights
     assert size == {"size_bits": 40, "bits": 40 / 15, "compression": 32 * 150 / 40}

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models
-from harness.metrics import count_params, flops, layer_sparsity
+from core.metrics import count_params, flops, layer_sparsity
 
 SHAPES = {"lenet300-100": (1, 28, 28), "lenet5-caffe": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32),
           "resnet56": (3, 32, 32), "resnet110": (3, 32, 32), "cpreresnet20": (3, 32, 32), "vgg19": (3, 32, 32),

@@ -18,9 +18,9 @@ import time
 import pytest
 import torch
 
-from harness import io
-from harness.locks import FileLock, run_lock
-from harness.spec import RunSpec
+from core import io
+from core.locks import FileLock, run_lock
+from core.spec import RunSpec
 from harness.trainer import Trainer
 from tests.conftest import ROOT, copy_workflow_files, snakemake
 
@@ -186,7 +186,7 @@ def test_a_second_process_does_not_train_into_a_run_folder_in_use(tmp_path):
 
 def test_a_killed_holder_leaves_neither_its_lock_nor_its_temporary_files(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"kept")
-    hold = ("import sys, time; from harness.locks import run_lock\n"
+    hold = ("import sys, time; from core.locks import run_lock\n"
             "with run_lock(sys.argv[1]):\n"
             "    open(sys.argv[1] + '/.checkpoint.pt.tmp-x1y2z3w4', 'w').write('half')\n"   # killed mid-write
             "    print('held', flush=True); time.sleep(600)")

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from harness.spec import RunSpec
+from core.spec import RunSpec
 from tests.conftest import ROOT
 
 SPEC = RunSpec(scale="smoke", paper="t", row="r", seed=1, method="gmp", model="lenet5-caffe",

@@ -194,7 +194,7 @@ def test_every_job_went_through_slurm_without_a_gpu(runs, cluster):
             if j["Name"] == slurm_run_id(runs.slurm_out)]
     # 2 train jobs, each training then evaluating (LONG's twice: the requeued then cancelled job, and its resubmission)
     assert sorted(j["State"] for j in jobs) == ["CANCELLED"] + ["COMPLETED"] * 2, jobs
-    # smoke rows ask for gpu=0 (harness/scheduling.py): no --gpus, no GPU among the job's resources
+    # smoke rows ask for gpu=0 (core/scheduling.py): no --gpus, no GPU among the job's resources
     assert {j["tres-per-job"] for j in jobs} == {"N/A"}
 
 
@@ -256,7 +256,7 @@ def test_paper_scale_jobs_ask_for_one_gpu(cluster, workdir):
 def test_long_chains_get_the_highest_priority():
     """The train rule's priority: the length of the longest chain of runs that starts at a run, so
     the ADMM chain starts before the single runs that can fill the other cores meanwhile."""
-    from harness.scheduling import chain_lengths
+    from core.scheduling import chain_lengths
     parents = {"dense": ["pretrain"], "160x": ["pretrain"], "533x": ["160x"], "1975x": ["533x"],
                "finetune": ["1975x"], "gmp": [], "str": [], "transfer": ["str"]}
     lengths = chain_lengths(parents)

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 import models
-from harness.budgets import match_layers, read_budget_csv, write_budget_csv
-from harness.metrics import layer_sparsity, prunable_layers
-from harness.spec import RunSpec
-from harness.trainer import Trainer, build_model
+from core.budgets import match_layers, read_budget_csv, write_budget_csv
+from core.metrics import layer_sparsity, prunable_layers
+from core.spec import RunSpec
+from harness.building import build_model
+from harness.trainer import Trainer
 from methods import get_method
 from methods.dnw import _TopKStraightThrough
 from methods.str_method import soft_threshold
@@ -177,7 +178,7 @@ def test_shipped_reference_budget_fits_our_resnet50():
 @pytest.mark.slow
 def test_sparse_flops_of_strs_published_budget():
     """str.md check 7: sum_l (1 - s_l) FLOPs_l + 100,352 (average pool) = 342.7M at 90.23 %."""
-    from harness.metrics import flops
+    from core.metrics import flops
     from harness.tables import ROOT
     from methods.masking import magnitude_mask
     model = models.create_model("resnet50", 1000)

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from harness.schedules import LRSchedule
-from harness.spec import RunSpec
+from core.schedules import LRSchedule
+from core.spec import RunSpec
 from harness.trainer import Divergence, Trainer
 from methods.base import Method, register_method
 from tests.conftest import ROOT
@@ -125,3 +125,14 @@ def test_before_training_gets_batches_once_and_changes_nothing_of_the_training(t
     resumed = Trainer(spec(method=LooksBeforeTraining.name), tmp_path / "looked", log=lambda m: None)
     resumed.run()                      # finished run: resumes from its checkpoint, no second look
     assert len(LooksBeforeTraining.calls) == 1
+
+
+def test_nhwc_for_conv_nets_except_where_a_method_mixes_layouts_on_the_cpu():
+    """LCS's layers come out NCHW, so NHWC made its CPU steps 2-4x slower: it opts out there only."""
+    from harness.building import channels_last
+    from methods import get_method
+    from models import create_model
+    lenet5, lenet300 = create_model("lenet5", 10, input_size=28), create_model("lenet300-100", 10, input_size=28)
+    gmp, lcs = get_method("gmp")(budget={"sparsity": 0.5}), get_method("us")()
+    assert channels_last(lenet5, gmp, "cpu") and not channels_last(lenet300, gmp, "cpu")
+    assert not channels_last(lenet5, lcs, "cpu") and channels_last(lenet5, lcs, torch.device("cuda"))

@@ -12,8 +12,8 @@ from dataclasses import replace
 import pytest
 
 from harness import warm
-from harness.locks import FileLock
-from harness.spec import RunSpec
+from core.locks import FileLock
+from core.spec import RunSpec
 from tests.conftest import ROOT
 
 SPEC = RunSpec(scale="smoke", paper="t", row="r", seed=3, method="gmp", model="lenet300-100",

@@ -14,8 +14,8 @@ import csv
 import io
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.io import save_text
+from core.errors import HarnessError
+from core.io import save_text
 
 
 class BudgetError(HarnessError, ValueError):

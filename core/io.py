@@ -7,7 +7,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from harness.errors import CheckpointError
+from core.errors import CheckpointError
 
 TEMP_MARK = ".tmp-"
 # `.<name>.tmp-` + mkstemp's 8 characters; before the mark was added, `.<name>.` + 8 characters
@@ -44,7 +44,7 @@ def save_text(text, path):
 
 def remove_temp_files(folder):
     """Delete the temporary files that a process killed in the middle of an atomic write left in
-    `folder`; call it only while no other process writes there (harness/locks.py: run_lock)."""
+    `folder`; call it only while no other process writes there (core/locks.py: run_lock)."""
     removed = [p for p in Path(folder).glob(".*") if p.is_file() and _TEMP_FILE.match(p.name)]
     for p in removed:
         p.unlink(missing_ok=True)

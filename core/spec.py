@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 
-from harness.registry import check_choice
+from core.registry import check_choice
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -29,7 +29,7 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     norm_decay: bool = True           # weight decay on norm weights and biases too (the references' default)
-    schedule: str = "cosine"          # cosine | step | constant | admm_cosine (harness/schedules.py)
+    schedule: str = "cosine"          # cosine | step | constant | admm_cosine (core/schedules.py)
     warmup_epochs: float = 0.0
     milestones: list = field(default_factory=list)
     gamma: float = 0.1

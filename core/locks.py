@@ -13,8 +13,8 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness import io
-from harness.errors import HarnessError
+from core import io
+from core.errors import HarnessError
 
 RUN_LOCK = ".lock"                      # in each run folder, while `harness train` writes there
 OWNER = "harness-owner.lock"            # in .snakemake/, held by the Snakemake that holds its lock

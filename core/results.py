@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from harness.errors import HarnessError
+from core.errors import HarnessError
 
 COMPARABLE_SCALE = "paper"     # published numbers describe the papers' setups: this scale's
 # the metrics a row may publish, and the unit its tolerance is read in (harness/checks.py)
