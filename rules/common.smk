@@ -56,6 +56,13 @@ try:
 except TableError as err:
     _die(str(err))
 
+# every rule's wildcards: a run folder is results/runs/<scale>/<paper>/<row>/seed<seed>
+wildcard_constraints:
+    scale="|".join(SCALES),
+    paper=r"[\w-]+",
+    row=r"[^/]+",
+    seed=r"\d+",
+
 PYTHON = sys.executable
 DATA_DIR, DEVICE = config["data_dir"], config["device"]   # where and on what: no run's result depends on them
 TABLES_CSV = "results/tables.csv"

@@ -41,7 +41,6 @@ rule train:
         RUN_DIR + "/benchmark.tsv"
     wildcard_constraints:
         scale=re.escape(SCALE),   # another scale's run folder is made under --config scale=<that scale>
-        seed=r"\d+",
     threads: 1
     priority: lambda wc: CHAIN_LENGTH.get((wc.paper, wc.row, wc.seed), 1)
     resources:

@@ -40,7 +40,7 @@ defaults:
   dataset: mnist
   model: lenet300-100
   init: pretrain
-  train: {epochs: 1, batch_size: 64, lr: 0.01}
+  train: {epochs: 8, batch_size: 16, lr: 0.01}   # a few seconds a run: long enough to be killed mid-training
 rows:
   dense: {method: dense, published: {top1: 98.4, source: "a paper"}}
   gmp: {method: gmp, budget: {sparsity: 0.5}, method_args: {end_epoch: 0.5}}
