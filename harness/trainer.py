@@ -29,7 +29,7 @@ import methods
 import models
 from core import io
 from harness.building import build_model, channels_last, handed_over, loaders_for, seed_everything, select_device, \
-    start_digest
+    start_digest, to_channels_last
 from harness.distributed import check_replicas, distributed, distributed_env, finish, from_rank0, rank_device, \
     start_distributed, summed
 from core.errors import Divergence, HarnessError
@@ -143,7 +143,7 @@ class Trainer:
         return F.cross_entropy(outputs.float(), y, label_smoothing=self.cfg.label_smoothing)
 
     def in_layout(self, x):
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return to_channels_last(x) if self.channels_last else x
 
     def scoring_batches(self):
         """Training batches for `before_training`: epoch 0's, on the device, outside any step."""

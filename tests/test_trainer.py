@@ -136,3 +136,20 @@ def test_nhwc_for_conv_nets_except_where_a_method_mixes_layouts_on_the_cpu():
     gmp, lcs = get_method("gmp")(budget={"sparsity": 0.5}), get_method("us")()
     assert channels_last(lenet5, gmp, "cpu") and not channels_last(lenet300, gmp, "cpu")
     assert not channels_last(lenet5, lcs, "cpu") and channels_last(lenet5, lcs, torch.device("cuda"))
+
+
+def test_one_channel_input_keeps_str_convolutions_nhwc():
+    """A one-channel batch has NCHW strides after .contiguous(channels_last); under STR's computed
+    weight (NCHW strides too) the first conv then answered NCHW and every later layer converted."""
+    from harness.building import to_channels_last
+    from methods import get_method
+    from models import create_model
+    model = create_model("lenet5-caffe", 10, input_size=28)
+    model = get_method("str")().build(model).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 28, 28)
+    nhwc = to_channels_last(x)
+    assert torch.equal(nhwc, x)
+    assert model[0](nhwc).is_contiguous(memory_format=torch.channels_last)
+    assert not model[0](x.contiguous(memory_format=torch.channels_last)).is_contiguous(memory_format=torch.channels_last)
+    three = torch.randn(2, 3, 8, 8)
+    assert to_channels_last(three).stride() == three.contiguous(memory_format=torch.channels_last).stride()
