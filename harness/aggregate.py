@@ -11,11 +11,18 @@ from core import io
 from core.errors import HarnessError
 
 COLUMNS = ["scale", "paper", "row", "method", "pipeline", "model", "dataset", "level", "level_kind", "seed", "top1", "top5",
-           "best_top1", "sparsity", "bits", "compression", "size_bits", "size_budget_bits", "structured_sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops", "wall_s",
+           "best_top1", "sparsity", "bits", "compression", "size_bits", "size_budget_bits", "structured_sparsity", "nonzero_params", "prunable_params", "params", "flops", "dense_flops",
+           "latency_ms", "dense_latency_ms", "measured_speedup", "model_bytes", "dense_model_bytes", "peak_memory_bytes",
+           "deploy_format", "wall_s",
            "throughput", "device", "precision", "published_top1", "published_sparsity", "published_flops",
            "published_source", "budget", "method_args", "init", "notes", "commit",
            # the rest of a row's `published:` entry, for harness/checks.py
            "published_top5", "published_nonzero_params", "published_compression", "published_tolerance"]
+
+
+# harness/deploy.py headline: the exported format's batch-1, one-thread CPU latency beside dense's
+DEPLOY_COLUMNS = ["latency_ms", "dense_latency_ms", "measured_speedup", "model_bytes", "dense_model_bytes",
+                  "peak_memory_bytes", "deploy_format"]
 
 
 def rows_from_metrics(metrics, annotations=None):
@@ -34,6 +41,7 @@ def rows_from_metrics(metrics, annotations=None):
                "sparsity": p["sparsity"], "structured_sparsity": p.get("structured_sparsity"),
                "nonzero_params": p["nonzero_params"], "prunable_params": p["prunable_params"],
                "params": p["params"], "flops": p["flops"], "dense_flops": p["dense_flops"],
+               **{k: p.get(k) for k in DEPLOY_COLUMNS},
                "wall_s": train.get("wall_s"), "throughput": train.get("throughput"),
                "device": env.get("device"),
                "precision": train.get("precision", "fp32"), "published_top1": pub.get("top1"),

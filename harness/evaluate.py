@@ -9,6 +9,7 @@ import torch
 from core import io
 from core.budgets import write_budget_csv
 from core.metrics import accuracy, count_params, flops, layer_sparsity, model_size, sparsity_summary
+from harness import deploy
 from harness.building import load_trained, loaders_for, select_device
 
 
@@ -23,10 +24,11 @@ def git_commit():
         return "unknown"
 
 
-def evaluate(spec, model_path, out_path, threads=None, trained=None):
+def evaluate(spec, model_path, out_path, threads=None, trained=None, measure_deployment=True):
     """Evaluate the model.pt at model_path, or `trained`, the Trainer that has just written it: its
     model, method and test data in memory, as model.pt would restore them (tests/test_evaluate.py),
-    without loading the data and the model again."""
+    without loading the data and the model again. At each point the model is also exported and its
+    latency, memory and bytes measured (harness/deploy.py; export/ beside out_path)."""
     if threads:
         torch.set_num_threads(threads)
     if trained is not None:
@@ -41,21 +43,29 @@ def evaluate(spec, model_path, out_path, threads=None, trained=None):
     train_json = Path(model_path).with_name("train.json")
     train = json.loads(train_json.read_text()) if train_json.exists() else {}
     points = []
-    for level in method.evaluation_points():
+    for i, level in enumerate(method.evaluation_points()):
         with method.at_level(model, level):
             acc = accuracy(model, test_loader, topk=(1, 5))
             layers = layer_sparsity(model)
+            storage = method.storage(model, layers)
             point = {"level": level, "level_kind": method.level_kind if level is not None else None,
-                     **acc, **sparsity_summary(layers), **model_size(layers, method.storage(model, layers)),
+                     **acc, **sparsity_summary(layers), **model_size(layers, storage),
                      **flops(model, info.shape, layers, device), "params": count_params(model),
                      "layers": layers}
+            if measure_deployment:
+                kind = deploy.compression_kind(layers, storage)
+                point["deploy"] = deploy.measure(model, kind, info.shape, device, Path(out_path).parent / "export",
+                                                 "model" if level is None else f"level{i}",
+                                                 deploy.EFFORT.get(spec.scale, deploy.EFFORT["laptop"]))
+                point.update(deploy.headline(point["deploy"], kind))
         points.append(point)
     # the settings of the result only: published values and notes are joined in by harness/aggregate.py
     result = {"spec": spec.result_dict(), "points": points, "method_report": method.report(model),
               "train": {k: v for k, v in train.items() if k != "history"},
               "env": {"torch": torch.__version__, "commit": git_commit(), "host": platform.node(),
                       "device": str(device),
-                      "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
+                      "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                      "machine": deploy.machine()}}
     write_budget_csv(points[0]["layers"], Path(out_path).with_name("budget.csv"), points[0]["flops"])
     io.save_json(result, out_path)
     return result

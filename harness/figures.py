@@ -2,6 +2,7 @@
 
   <out>/<paper>/<name>.png|pdf   each paper's own figures, from the function registered for it
   <out>/overview.png|pdf         every paper's top-1 against sparsity, one panel per paper
+  <out>/latency.png|pdf          every paper's top-1 against measured latency (harness/deploy.py)
 
 A paper adds its figures with one function of its rows (every seed, one scale) returning
 {name: Figure}; a paper without one gets `default_figures`:
@@ -27,26 +28,39 @@ from harness import plots
 from harness.plots import curves, legend_handles, marker_map, palette, panels, save, shared_style, tradeoff
 
 
-def overview(rows, titles=None):
-    """Every paper's accuracy-sparsity trade-off side by side: a panel per paper, a colour per model."""
+def overview(rows, titles=None, x="sparsity"):
+    """Every paper's accuracy against `x` side by side (sparsity, or the measured `latency_ms`): a
+    panel per paper, a colour per model."""
+    rows = rows if x == "sparsity" else rows[rows[x].notna()]
     papers = sorted(rows.paper.unique())
     fig, axes = panels(len(papers), 5.4, 6.2)
     for ax, paper in zip(axes, papers):
         part = rows[rows.paper == paper]
-        # a sparsity axis: bit-width levels (their zeros are incidental) and quantize-only rows stay off it
-        part = part[(part.method == "dense") | ((part.sparsity > 0) & (part.level_kind != "bits"))]
+        if x == "sparsity":  # bit-width levels (their zeros are incidental) and quantize-only rows stay off it
+            part = part[(part.method == "dense") | ((part.sparsity > 0) & (part.level_kind != "bits"))]
         part, style = part.assign(curve=curves(part)), "curve"
         colors = palette(sorted(part.model.unique()))
         markers = marker_map(part, style)
-        tradeoff(ax, part, "sparsity", "model", colors, style, markers)
+        tradeoff(ax, part, x, "model", colors, style, markers)
         title = f"{paper}: {titles[paper]}" if titles and titles.get(paper) else paper
         ax.set_title(textwrap.fill(title, 50), fontsize="medium")
-        ax.legend(handles=legend_handles(part, "model", colors, style, markers), fontsize="small", ncols=2,
+        ax.legend(handles=legend_handles(part, "model", colors, style, markers, x), fontsize="small", ncols=2,
                   loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: the curves fill the panel
     scale = rows.scale.iloc[0]
-    fig.suptitle(f"Top-1 accuracy against sparsity, {scale} scale"
+    what = "sparsity" if x == "sparsity" else "measured latency (the exported model; dense: dashed line's accuracy)"
+    fig.suptitle(f"Top-1 accuracy against {what}, {scale} scale"
                  + ("" if scale == COMPARABLE_SCALE else "\n(published numbers: the papers' setups)"),
                  fontsize="medium")
+    return fig
+
+
+def latency_overview(rows, titles=None):
+    """`overview` against the measured latency; a table from before deployment was measured says so."""
+    if "latency_ms" in rows and rows.latency_ms.notna().any():
+        return overview(rows, titles, "latency_ms")
+    fig, (ax,) = panels(1, 6.0, 2.0)
+    ax.axis("off")
+    ax.text(0.5, 0.5, "no measured latency in this table (its runs predate harness/deploy.py)", ha="center")
     return fig
 
 
@@ -144,6 +158,8 @@ def figures(table, scale, out_dir, only=None, titles=None, references=None):
         if only in (None, "overview"):
             save(overview(rows, titles), out_dir / "overview")
             written.append(out_dir / "overview.png")
+            save(latency_overview(rows, titles), out_dir / "latency")
+            written.append(out_dir / "latency.png")
         for paper in papers:
             (out_dir / paper).mkdir(parents=True, exist_ok=True)  # stays empty for a paper with no rows here
             part = rows[rows.paper == paper]

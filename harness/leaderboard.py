@@ -27,9 +27,9 @@ PAPER = "leaderboard"
 BOARD_CSV = "results/leaderboard.csv"   # what rules/leaderboard.smk writes
 AXIS = {"sparsity": "sparsity", "bits": "bits_per_weight"}
 DEFAULT_TOLERANCE = {"sparsity": 0.005, "bits": 0.1}
-VALUES = ["top1", "flops", "speedup", "compression", "size_bits"]
+VALUES = ["top1", "flops", "speedup", "measured_speedup", "compression", "size_bits"]
 COLUMNS = ["scale", "model", "dataset", "target_kind", "target", "rank", "series", "how", "seeds",
-           "top1_mean", "top1_std", "achieved_mean", "flops_mean", "speedup_mean", "compression_mean",
+           "top1_mean", "top1_std", "achieved_mean", "flops_mean", "speedup_mean", "measured_speedup_mean", "compression_mean",
            "size_bits_mean",
            "rows", "reason"]
 
@@ -57,9 +57,11 @@ def final_points(table):
     rows = table[table.paper == PAPER]
     stages = {(r.scale, r.init, r.seed) for r in rows.itertuples() if isinstance(r.init, str)}
     final = rows[[(r.scale, r.row, r.seed) not in stages for r in rows.itertuples()]]
+    measured = final.measured_speedup if "measured_speedup" in final else float("nan")
     return final.assign(series=[series_name(r) for r in final.itertuples()],
                         bits_per_weight=final.size_bits / final.prunable_params,
-                        speedup=final.dense_flops / final.flops)       # theoretical: dense / sparse MACs
+                        speedup=final.dense_flops / final.flops,       # theoretical: dense / sparse MACs
+                        measured_speedup=measured)   # timed: dense / exported format, batch 1, one thread
 
 
 def kind_of(points):
@@ -97,6 +99,7 @@ def entries(points, targets, tolerance):
             yield {**where, "target_kind": "dense", "target": np.nan, "how": "measured", "seeds": len(top1),
                    "top1_mean": top1.mean(), "top1_std": top1.std(ddof=1) if len(top1) > 1 else 0.0,
                    "achieved_mean": 0.0, "flops_mean": part.flops.mean(), "speedup_mean": 1.0,
+                   "measured_speedup_mean": part.measured_speedup.mean(),
                    "compression_mean": 1.0,
                    "size_bits_mean": part.size_bits.mean(), "rows": ";".join(sorted(part.row.unique())),
                    "reason": ""}
@@ -118,7 +121,7 @@ def combine(per_seed):
     return {"how": how, "seeds": len(per_seed), "top1_mean": values.top1.mean(),
             "top1_std": values.top1.std(ddof=1) if len(values) > 1 else 0.0,
             "achieved_mean": values.achieved.mean(), "flops_mean": values.flops.mean(),
-            "speedup_mean": values.speedup.mean(),
+            "speedup_mean": values.speedup.mean(), "measured_speedup_mean": values.measured_speedup.mean(),
             "compression_mean": values.compression.mean(), "size_bits_mean": values.size_bits.mean(),
             "rows": ";".join(rows), "reason": ""}
 

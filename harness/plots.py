@@ -23,7 +23,8 @@ FIGURES = Registry("figure")
 AXIS_LABEL = {"top1": "top-1 accuracy (%)", "sparsity": "sparsity",
               "flops": "FLOPs per input (multiply-accumulates, log scale)",
               "compression": "compression rate (32-bit dense size / stored size, log scale)",
-              "size_bits": "stored size of the conv/linear weights (bits, log scale)"}
+              "size_bits": "stored size of the conv/linear weights (bits, log scale)",
+              "latency_ms": "latency of the exported model, batch 1, one CPU thread (ms, log scale)"}
 SPARSITY_TICKS = [0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999]
 MAX_COLUMNS = 3
 GREY = "0.35"
@@ -106,7 +107,7 @@ def _x_axis(ax, x, values):
     if x == "compression":
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    elif x in ("flops", "size_bits"):
+    elif x in ("flops", "size_bits", "latency_ms"):
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # labelled ticks even within a decade
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))

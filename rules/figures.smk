@@ -28,6 +28,9 @@ rule overview_figure:
         png=report("results/figures/{scale}/overview.png", caption="../report/overview.rst", category="Figures",
                    subcategory="overview"),
         pdf="results/figures/{scale}/overview.pdf",
+        latency=report("results/figures/{scale}/latency.png", caption="../report/latency.rst", category="Figures",
+                       subcategory="overview"),
+        latency_pdf="results/figures/{scale}/latency.pdf",
     log:
         "results/logs/figures-{scale}-overview.log",
     shell:

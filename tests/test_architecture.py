@@ -6,7 +6,7 @@ from tests.conftest import ROOT
 LAYERS = {   # lowest first
     "ground": ["core"],
     "plugins": ["data", "models", "methods"],
-    "engine": ["harness.building", "harness.distributed", "harness.trainer", "harness.evaluate", "harness.warm",
+    "engine": ["harness.building", "harness.distributed", "harness.trainer", "harness.deploy", "harness.evaluate", "harness.warm",
                "harness.tables"],
     "reporting": ["harness.aggregate", "harness.checks", "harness.compare", "harness.plots",
                   "harness.paper_figures", "harness.leaderboard", "harness.figures"],

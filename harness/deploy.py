@@ -1,0 +1,446 @@
+"""What compression buys when the model runs: every evaluated model exported in the form that
+realises its compression, and its latency, peak memory and bytes on disk measured on the machine
+that ran the job, beside the same model dense.
+
+Formats (`export`); the runnable ones are saved as TorchScript, which `torch.jit.load` runs with
+torch alone (no harness code):
+
+  dense   the model as evaluated, every compression multiplied into float32 weights (the baseline);
+  slim    structured: conv filters and linear neurons that are zero (with their bias), and the input
+          channels of the layers that read them, removed: a smaller dense network. Only where the
+          producer feeds its consumer through channel-wise ops (ReLU, pooling, flatten) in a
+          nn.Sequential, so a channel that is zero stays zero; residual streams and norms keep theirs;
+  sparse  unstructured: conv and linear weights in CSR (`torch.sparse_csr`), a conv run as unfold
+          and a sparse x dense matmul; the rest dense;
+  packed  quantized: per layer the distinct values as a codebook and the weights as packed
+          ceil(log2 k)-bit codes, a weights-only dict (`unpack` turns it back into the state dict,
+          exactly); it runs decoded, as dense: what it buys is bytes. `int8` beside it where PyTorch
+          has a path: its dynamic int8 Linear (weights rounded to int8, so not the same outputs).
+
+Measurements (`measure`) are a benchmark, never a test: median and interquartile range of repeated
+timed forwards after warmup, at batch 1 and 64, on one thread and on all; peak memory of one forward
+(the weights plus the most bytes of tensors alive at once, counted by a dispatch mode); bytes of the
+saved file. CPU always, CUDA where the job ran on it."""
+import math
+import time
+import weakref
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from core.metrics import PRUNABLE_TYPES, prunable_layers
+
+BATCHES = (1, 64)
+# timed forwards per setting (at least this many, for at least this long): a smoke run checks the
+# plumbing, a paper run waits for steady figures
+EFFORT = {"smoke": (3, 0.0), "laptop": (5, 0.1), "paper": (20, 1.0)}
+# what a point of metrics.json gains from `measure`: machine-dependent figures, never compared for
+# equality between two runs (`deterministic_part`)
+MEASURED_KEYS = ("deploy", "deploy_format", "latency_ms", "dense_latency_ms", "measured_speedup", "model_bytes",
+                 "dense_model_bytes", "peak_memory_bytes")
+FORMAT_OF_KIND = {"structured": "slim", "unstructured": "sparse", "quantized": "packed", "dense": "dense"}
+
+
+def deterministic_part(point):
+    """A metrics.json point without its measured deployment figures."""
+    return {k: v for k, v in point.items() if k not in MEASURED_KEYS}
+
+
+# -- which compression a model carries -----------------------------------------------------------------
+def compression_kind(layers, storage):
+    """`quantized` when some layer stores fewer than 32 bits a weight, `structured` when whole output
+    groups (filters, neurons) are zero, `unstructured` when single weights are, else `dense`; from
+    `layer_sparsity` rows and the method's `storage`."""
+    if any(bits < 32 for bits, _ in storage):
+        return "quantized"
+    if any(r["out_alive"] < r["out_groups"] for r in layers):
+        return "structured"
+    if any(r["nonzero"] < r["params"] for r in layers):
+        return "unstructured"
+    return "dense"
+
+
+def plain_copy(model):
+    """A copy of `model` with every parametrization (masks, thresholds, quantizers) multiplied in:
+    the weights the forward pass uses, as ordinary parameters. (torch's remove_parametrizations
+    would edit the parametrized class, which a deep copy shares with `model`.)"""
+    import copy as _copy
+    copy = _copy.deepcopy(model)
+    for m in copy.modules():
+        if "parametrizations" not in m._modules:
+            continue
+        effective = {name: getattr(m, name).detach().clone() for name in m.parametrizations}
+        m.__class__ = m.__class__.__bases__[0]       # the layer's own class again
+        del m._modules["parametrizations"]
+        for name, value in effective.items():
+            setattr(m, name, nn.Parameter(value))
+    for p in copy.parameters():
+        p.requires_grad_(False)
+        p.data = p.data.contiguous()
+    return copy.eval()
+
+
+# -- slim: structured pruning made physical -------------------------------------------------------------
+_PASS_ZERO = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+
+
+def _dead_outputs(layer):
+    w = layer.weight.detach()
+    dead = (w.flatten(1) == 0).all(1)
+    if layer.bias is not None:
+        dead &= layer.bias.detach() == 0
+    return dead
+
+
+def slim(model):
+    """Remove, in every nn.Sequential of `model`, the zero output groups of a conv/linear layer whose
+    output reaches the next conv/linear layer through zero-preserving ops only, with that layer's
+    input columns. The outputs are those of `model` (the removed channels were zero)."""
+    model = plain_copy(model)
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq)):
+            j = i + 1
+            while j < len(seq) and isinstance(seq[j], _PASS_ZERO):
+                j += 1
+            producer = seq[i]
+            if not isinstance(producer, PRUNABLE_TYPES) or j == len(seq) or not isinstance(seq[j], PRUNABLE_TYPES):
+                continue
+            keep = (~_dead_outputs(producer)).nonzero().flatten()
+            if 0 < len(keep) < producer.weight.shape[0]:
+                seq[i] = _rows(producer, keep)
+                seq[j] = _columns(seq[j], keep, producer.weight.shape[0])
+    return model
+
+
+def _rows(layer, keep):
+    w = layer.weight.detach()[keep]
+    bias = layer.bias.detach()[keep] if layer.bias is not None else None
+    if isinstance(layer, nn.Conv2d):
+        new = nn.Conv2d(layer.in_channels, len(keep), layer.kernel_size, layer.stride, layer.padding,
+                        layer.dilation, layer.groups, bias is not None, layer.padding_mode)
+    else:
+        new = nn.Linear(layer.in_features, len(keep), bias is not None)
+    return _filled(new, w, bias)
+
+
+def _columns(layer, keep, channels):
+    w = layer.weight.detach()
+    bias = layer.bias.detach() if layer.bias is not None else None
+    if isinstance(layer, nn.Conv2d):
+        new = nn.Conv2d(len(keep), layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                        layer.dilation, layer.groups, bias is not None, layer.padding_mode)
+        return _filled(new, w[:, keep], bias)
+    per = w.shape[1] // channels     # a flattened feature map: each channel is `per` columns
+    cols = (keep[:, None] * per + torch.arange(per)).flatten()
+    return _filled(nn.Linear(len(cols), layer.out_features, bias is not None), w[:, cols], bias)
+
+
+def _filled(layer, weight, bias):
+    layer.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.clone(), requires_grad=False)
+    return layer
+
+
+# -- sparse: CSR weights ----------------------------------------------------------------------------------
+class _CSR(nn.Module):
+    """A weight matrix in CSR, held as three plain buffers (row pointers, column indices, values) so
+    that TorchScript can save the layer; the CSR tensor is assembled at each call (no copy)."""
+
+    def __init__(self, matrix, bias):
+        super().__init__()
+        csr = matrix.detach().to_sparse_csr()
+        self.register_buffer("crow", csr.crow_indices())
+        self.register_buffer("col", csr.col_indices())
+        self.register_buffer("values", csr.values())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.shape = tuple(matrix.shape)
+
+    def matrix(self):
+        return torch.sparse_csr_tensor(self.crow, self.col, self.values, self.shape)
+
+
+class SparseLinear(_CSR):
+    """y = x W^T + b with W in CSR: (W @ x^T)^T, a sparse x dense matmul."""
+
+    def __init__(self, layer):
+        super().__init__(layer.weight, layer.bias)
+
+    def forward(self, x):
+        y = (self.matrix() @ x.t()).t()
+        return y if self.bias is None else y + self.bias
+
+
+class SparseConv2d(_CSR):
+    """A conv with its weight (out, in·kh·kw) in CSR, run as unfold + sparse x dense matmul."""
+
+    def __init__(self, conv):
+        super().__init__(conv.weight.flatten(1), conv.bias)
+        self.out_channels, self.kernel_size = conv.out_channels, conv.kernel_size
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)   # n, c·k·k, L
+        y = self.matrix() @ cols.transpose(0, 1).reshape(cols.shape[1], -1)            # out, n·L
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
+        y = y.view(self.out_channels, n, oh, ow).transpose(0, 1)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+
+
+def _csr_able(conv):
+    return conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+def sparse(model):
+    model = plain_copy(model)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, SparseLinear(child))
+            elif isinstance(child, nn.Conv2d) and _csr_able(child):
+                setattr(parent, name, SparseConv2d(child))
+    return model
+
+
+# -- packed: low-bit codes and codebooks ------------------------------------------------------------
+def codebook_codes(weight):
+    """(codebook, codes): the distinct values of `weight` in increasing order and each weight's index
+    into them; codebook[codes] is `weight` exactly."""
+    codebook, codes = torch.unique(weight.detach().flatten(), sorted=True, return_inverse=True)
+    return codebook, codes.view(weight.shape)
+
+
+def code_bits(k):
+    return max(1, math.ceil(math.log2(k))) if k > 1 else 1
+
+
+def pack_codes(codes, bits):
+    """Codes (ints < 2^bits) as a uint8 tensor of ceil(n·bits/8) bytes, little-endian bit order."""
+    flat = codes.flatten().to(torch.int64)
+    shifts = torch.arange(bits)
+    bitplanes = ((flat[:, None] >> shifts) & 1).flatten().to(torch.uint8)
+    pad = (-len(bitplanes)) % 8
+    bitplanes = torch.cat([bitplanes, bitplanes.new_zeros(pad)]).view(-1, 8)
+    return (bitplanes << torch.arange(8, dtype=torch.uint8)).sum(1, dtype=torch.uint8)
+
+
+def unpack_codes(packed, bits, shape):
+    n = math.prod(shape)
+    bitplanes = ((packed[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1).flatten()[:n * bits]
+    return (bitplanes.view(n, bits).to(torch.int64) << torch.arange(bits)).sum(1).view(shape)
+
+
+def pack(model):
+    """The packed file's content, plain tensors only (torch.load(..., weights_only=True) reads it):
+    per conv/linear weight its codebook, bit width, shape and packed codes; every other parameter
+    and buffer as float."""
+    plain = plain_copy(model)
+    weights = {f"{name}.weight" for name, _ in prunable_layers(plain)}
+    out = {"packed": {}, "float": {}}
+    for key, t in plain.state_dict().items():
+        if key in weights:
+            codebook, codes = codebook_codes(t)
+            bits = code_bits(len(codebook))
+            out["packed"][key] = {"codebook": codebook, "bits": bits, "shape": list(t.shape),
+                                  "codes": pack_codes(codes, bits)}
+        else:
+            out["float"][key] = t
+    return out
+
+
+def unpack(packed):
+    """The state dict a packed file stands for (exactly the weights that were packed)."""
+    state = dict(packed["float"])
+    for key, p in packed["packed"].items():
+        state[key] = p["codebook"][unpack_codes(p["codes"], p["bits"], p["shape"])]
+    return state
+
+
+def int8(model):
+    """PyTorch's dynamic int8 Linear (weights int8, activations quantized per batch), or None where
+    this PyTorch has no quantized engine."""
+    try:
+        from torch.ao.quantization import quantize_dynamic
+        return quantize_dynamic(plain_copy(model), {nn.Linear}, dtype=torch.qint8)
+    except (ImportError, RuntimeError, AssertionError):
+        return None
+
+
+def export(model, kind):
+    """{format: runnable module} for a model whose compression is `kind` (compression_kind): the
+    dense baseline and the format(s) that realise it."""
+    out = {"dense": plain_copy(model)}
+    if kind == "structured":
+        out["slim"] = slim(model)
+    elif kind == "unstructured":
+        out["sparse"] = sparse(model)
+    elif kind == "quantized":
+        packed = plain_copy(model)
+        packed.load_state_dict(unpack(pack(model)))   # runs as the decoded dense model
+        out["packed"] = packed
+        q = int8(model)
+        if q is not None:
+            out["int8"] = q
+    return out
+
+
+def save(fmt, model, module, example, path):
+    """Write one format to `path`; returns (bytes on disk, what the file holds). Runnable formats
+    are TorchScript (torch.jit.load runs them with torch alone) where the model traces, else their
+    state dict; `packed` is the weights-only dict of `pack`."""
+    if fmt == "packed":
+        torch.save(pack(model), path)
+        return path.stat().st_size, "packed"
+    try:
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(module, example, check_trace=False), path)
+        return path.stat().st_size, "torchscript"
+    except Exception:   # a layer TorchScript cannot trace: the weights alone
+        torch.save(module.state_dict(), path)
+        return path.stat().st_size, "state_dict"
+
+
+# -- measurement ------------------------------------------------------------------------------------
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of tensors alive at once among those created inside the mode (each storage once)."""
+
+    def __init__(self, existing=()):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen = {t.untyped_storage().data_ptr() for t in existing}   # weights, input: not new
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key in self.seen:
+                    continue
+                self.seen.add(key)
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, key, storage.nbytes())
+        return out
+
+    def _free(self, key, nbytes):
+        self.seen.discard(key)
+        self.live -= nbytes
+
+
+def stored_weights(module):
+    """Conv/linear weights the format stores: all of a dense layer's, a CSR layer's nonzeros."""
+    dense = sum(m.weight.numel() for m in module.modules() if isinstance(m, PRUNABLE_TYPES))
+    return dense + sum(m.values.numel() for m in module.modules() if isinstance(m, _CSR))
+
+
+def state_bytes(module):
+    """Bytes of the module's parameters and buffers (CSR: values, column and row indices)."""
+    total = 0
+    for t in [*module.parameters(), *module.buffers(), *_plain_tensors(module)]:
+        if t.layout == torch.sparse_csr:
+            total += sum(x.numel() * x.element_size() for x in (t.values(), t.col_indices(), t.crow_indices()))
+        else:
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _plain_tensors(module):
+    """Tensors held as plain attributes (the CSR weights of this file's sparse layers)."""
+    for m in module.modules():
+        for v in vars(m).values():
+            if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter):
+                yield v
+
+
+@torch.no_grad()
+def peak_memory(module, x):
+    """Weights plus the most activation bytes alive at once during one forward of `x`."""
+    existing = [t for t in (*module.parameters(), *module.buffers(), x) if t.layout == torch.strided]
+    with LiveBytes(existing) as live:
+        module(x)
+    return state_bytes(module) + live.peak
+
+
+@torch.no_grad()
+def latency(module, x, min_repeats=5, min_seconds=0.2, warmup=2):
+    """(median, interquartile range) in milliseconds of repeated forwards of `x`."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    for _ in range(warmup):
+        module(x)
+    sync()
+    times, start = [], time.perf_counter()
+    while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        module(x)
+        sync()
+        times.append((time.perf_counter() - t) * 1e3)
+    q = torch.tensor(times).quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
+    return q[1], q[2] - q[0]
+
+
+def thread_counts():
+    return sorted({1, torch.get_num_threads()})
+
+
+def machine():
+    """Where the figures were measured."""
+    import os
+    import platform
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "torch": torch.__version__}
+
+
+def measure(model, kind, input_shape, device, folder, name, effort=EFFORT["laptop"]):
+    """Export `model` (compression `kind`) into `folder`/<name>-<format>.pt and measure every format:
+    {format: {bytes, peak_bytes, latency: {"<device>/b<batch>/t<threads>": [median ms, IQR ms]}}}.
+    Latency on the CPU at 1 and all threads, and on CUDA (all threads) where `device` is CUDA;
+    `effort`: (min repeats, min seconds) per setting."""
+    folder.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    formats = export(model.cpu() if device.type == "cpu" else model, kind)
+    out = {}
+    try:
+        for fmt, module in formats.items():
+            module = module.cpu()
+            example = torch.randn(1, *input_shape)
+            size, holds = save(fmt, model, module, example, folder / f"{name}-{fmt}.pt")
+            rec = {"bytes": size, "file": holds, "weights": stored_weights(module),
+                   "peak_bytes": peak_memory(module, example), "latency": {}}
+            for t in sorted({1, all_threads()}):
+                torch.set_num_threads(t)
+                for b in BATCHES:
+                    rec["latency"][f"cpu/b{b}/t{t}"] = list(latency(module, torch.randn(b, *input_shape), *effort))
+            if device.type == "cuda" and fmt != "int8":
+                gpu = module.to(device)
+                for b in BATCHES:
+                    rec["latency"][f"cuda/b{b}"] = list(latency(gpu, torch.randn(b, *input_shape, device=device), *effort))
+            out[fmt] = rec
+    finally:
+        torch.set_num_threads(threads)
+        model.to(device)
+    return out
+
+
+def all_threads():
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def headline(formats, kind):
+    """The row's figures: the format that realises its compression against dense, at batch 1 on one
+    CPU thread: latency_ms, measured_speedup (dense latency / its latency), model_bytes, and the
+    dense latency and bytes beside them."""
+    fmt = FORMAT_OF_KIND[kind]
+    rec, dense = formats[fmt], formats["dense"]
+    lat, dense_lat = rec["latency"]["cpu/b1/t1"][0], dense["latency"]["cpu/b1/t1"][0]
+    return {"deploy_format": fmt, "latency_ms": lat, "dense_latency_ms": dense_lat,
+            "measured_speedup": dense_lat / lat if lat else float("nan"), "model_bytes": rec["bytes"],
+            "dense_model_bytes": dense["bytes"], "peak_memory_bytes": rec["peak_bytes"]}

@@ -1,0 +1,116 @@
+"""Exported models compute what the compressed model computes (harness/deploy.py); their figures
+are measured by a benchmark, so only their presence and form are tested here."""
+import pytest
+import torch
+import torch.nn as nn
+
+from core.metrics import layer_sparsity, prunable_layers
+from harness import deploy
+from methods import get_method
+from models import create_model
+
+
+def _lenet5(seed=0):
+    torch.manual_seed(seed)
+    return create_model("lenet5", 10, input_size=28).eval()
+
+
+def _x(n=4):
+    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def test_slim_export_computes_the_masked_outputs_with_fewer_parameters():
+    model = _lenet5()
+    with torch.no_grad():   # group pruning as Group-HS leaves it: whole filters and neurons zero
+        model[0].weight[[1, 4, 7]] = 0
+        model[0].bias[[1, 4, 7]] = 0
+        model[3].weight[5:20] = 0
+        model[3].bias[5:20] = 0
+        model[7].weight[::3] = 0
+        model[7].bias[::3] = 0
+    assert deploy.compression_kind(layer_sparsity(model), [(32, 1)]) == "structured"
+    slim = deploy.slim(model)
+    torch.testing.assert_close(slim(_x()), model(_x()), rtol=1e-5, atol=1e-6)
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
+    assert (slim[0].out_channels, slim[3].in_channels, slim[3].out_channels) == (17, 17, 35)
+    assert slim[7].in_features == 35 * 4 * 4 and slim[7].out_features == 500 - 167
+    assert model[0].out_channels == 20   # the model itself is untouched
+
+
+def test_a_channel_with_a_bias_is_kept():
+    model = _lenet5()
+    with torch.no_grad():
+        model[0].weight[2] = 0        # its bias still feeds relu(bias) forward: not removable
+    assert deploy.slim(model)[0].out_channels == 20
+
+
+@pytest.mark.parametrize("method,budget", [("gmp", {"sparsity": 0.9}), ("str", None)])
+def test_sparse_export_equals_the_dense_masked_forward(method, budget):
+    model = _lenet5()
+    m = get_method(method)(budget=budget) if budget else get_method(method)(get_method(method).Args(s_init=-3))
+    model = m.build(model)
+    with torch.no_grad():
+        for _, layer in prunable_layers(model):    # 90 % of each weight zero through its parametrization
+            raw = layer.parametrizations.weight.original
+            raw[raw.abs() < raw.abs().flatten().quantile(0.9)] = 0
+    sparse = deploy.sparse(model)
+    assert any(isinstance(c, deploy.SparseConv2d) for c in sparse.modules())
+    assert any(isinstance(c, deploy.SparseLinear) for c in sparse.modules())
+    for n in (1, 5):
+        torch.testing.assert_close(sparse(_x(n)), model(_x(n)), rtol=1e-5, atol=1e-6)
+
+
+def test_quantized_export_round_trips_the_codes_exactly():
+    torch.manual_seed(0)
+    for bits in (1, 2, 3, 5, 8):
+        codes = torch.randint(0, 2 ** bits, (7, 3, 5))
+        packed = deploy.pack_codes(codes, bits)
+        assert packed.dtype == torch.uint8 and packed.numel() == -(-codes.numel() * bits // 8)
+        assert torch.equal(deploy.unpack_codes(packed, bits, codes.shape), codes)
+    model = _lenet5()
+    with torch.no_grad():   # 3-bit weights: 8 values per layer, zero among them
+        for _, layer in prunable_layers(model):
+            levels = torch.linspace(-0.1, 0.1, 7).tolist() + [0.0]
+            layer.weight.copy_(torch.tensor(levels)[torch.randint(0, 8, layer.weight.shape)])
+    packed = deploy.pack(model)
+    assert {p["bits"] for p in packed["packed"].values()} == {3}
+    state = deploy.unpack(packed)
+    for key, value in model.state_dict().items():
+        assert torch.equal(state[key], value), key
+
+
+def test_saved_formats_load_with_torch_alone_and_give_the_same_outputs(tmp_path):
+    model = get_method("gmp")(budget={"sparsity": 0.9}).build(_lenet5())
+    with torch.no_grad():
+        for _, layer in prunable_layers(model):
+            layer.parametrizations.weight[0].mask[layer.weight.abs() < layer.weight.abs().flatten().quantile(0.9)] = 0
+    formats = deploy.export(model, "unstructured")
+    for fmt, module in formats.items():
+        path = tmp_path / f"{fmt}.pt"
+        assert deploy.save(fmt, model, module, _x(1), path) == (path.stat().st_size, "torchscript")
+        loaded = torch.jit.load(path)
+        torch.testing.assert_close(loaded(_x(3)), model(_x(3)), rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "sparse.pt").stat().st_size < (tmp_path / "dense.pt").stat().st_size
+
+
+def test_measure_reports_every_format_at_every_setting(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    with torch.no_grad():
+        model[1].weight[model[1].weight.abs() < 0.03] = 0
+    figures = deploy.measure(model, "unstructured", (1, 28, 28), torch.device("cpu"), tmp_path, "p0",
+                             effort=deploy.EFFORT["smoke"])
+    assert set(figures) == {"dense", "sparse"}
+    for rec in figures.values():
+        assert rec["bytes"] > 0 and rec["peak_bytes"] > 0
+        assert {"cpu/b1/t1", "cpu/b64/t1"} <= set(rec["latency"])
+        assert all(median > 0 and iqr >= 0 for median, iqr in rec["latency"].values())
+    head = deploy.headline(figures, "unstructured")
+    assert head["deploy_format"] == "sparse" and head["measured_speedup"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p0-dense.pt", "p0-sparse.pt"]
+
+
+def test_peak_memory_counts_weights_and_the_largest_activations():
+    model = nn.Sequential(nn.Linear(100, 1000), nn.ReLU(), nn.Linear(1000, 10)).eval()
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    peak = deploy.peak_memory(model, torch.randn(8, 100))
+    assert weights + 8 * 1000 * 4 <= peak <= weights + 3 * 8 * 1000 * 4
