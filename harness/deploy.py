@@ -36,7 +36,7 @@ from core.metrics import PRUNABLE_TYPES, prunable_layers
 BATCHES = (1, 64)
 # timed forwards per setting (at least this many, for at least this long): a smoke run checks the
 # plumbing, a paper run waits for steady figures
-EFFORT = {"smoke": (3, 0.0), "laptop": (5, 0.1), "paper": (20, 1.0)}
+EFFORT = {"smoke": (2, 0.0), "laptop": (3, 0.0), "paper": (20, 1.0)}
 # what a point of metrics.json gains from `measure`: machine-dependent figures, never compared for
 # equality between two runs (`deterministic_part`)
 MEASURED_KEYS = ("deploy", "deploy_format", "latency_ms", "dense_latency_ms", "measured_speedup", "model_bytes",
@@ -51,16 +51,16 @@ def deterministic_part(point):
 
 # -- which compression a model carries -----------------------------------------------------------------
 def compression_kind(layers, storage):
-    """`quantized` when some layer stores fewer than 32 bits a weight, `structured` when whole output
-    groups (filters, neurons) are zero, `unstructured` when single weights are, else `dense`; from
-    `layer_sparsity` rows and the method's `storage`."""
+    """`quantized` when some layer stores fewer than 32 bits a weight; `structured` when most of the
+    zero weights lie in whole zero output groups (filters, neurons); `unstructured` when some
+    weights are zero otherwise; else `dense`. From `layer_sparsity` rows and the method's `storage`."""
     if any(bits < 32 for bits, _ in storage):
         return "quantized"
-    if any(r["out_alive"] < r["out_groups"] for r in layers):
-        return "structured"
-    if any(r["nonzero"] < r["params"] for r in layers):
-        return "unstructured"
-    return "dense"
+    zeros = sum(r["params"] - r["nonzero"] for r in layers)
+    if not zeros:
+        return "dense"
+    in_dead_groups = sum((r["out_groups"] - r["out_alive"]) * r["params"] // r["out_groups"] for r in layers)
+    return "structured" if in_dead_groups >= zeros / 2 else "unstructured"
 
 
 def plain_copy(model):
@@ -368,7 +368,7 @@ def peak_memory(module, x):
 
 
 @torch.no_grad()
-def latency(module, x, min_repeats=5, min_seconds=0.2, warmup=2):
+def latency(module, x, min_repeats=5, min_seconds=0.2, warmup=1):
     """(median, interquartile range) in milliseconds of repeated forwards of `x`."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     for _ in range(warmup):
@@ -398,35 +398,53 @@ def machine():
             "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "torch": torch.__version__}
 
 
-def measure(model, kind, input_shape, device, folder, name, effort=EFFORT["laptop"]):
+def measure(model, kind, input_shape, device, folder, name, effort=EFFORT["laptop"], dense=None):
     """Export `model` (compression `kind`) into `folder`/<name>-<format>.pt and measure every format:
-    {format: {bytes, peak_bytes, latency: {"<device>/b<batch>/t<threads>": [median ms, IQR ms]}}}.
-    Latency on the CPU at 1 and all threads, and on CUDA (all threads) where `device` is CUDA;
-    `effort`: (min repeats, min seconds) per setting."""
+    {format: {bytes, file, weights, peak_bytes, latency: {"<device>/b<batch>/t<threads>": [median ms,
+    IQR ms]}}}. Latency on the CPU at 1 and all threads, and on CUDA where `device` is CUDA;
+    `effort`: (min repeats, min seconds) per setting. `dense`: the dense record of another point of
+    the same network (its dense form is the same network at every level: measured once per job).
+    A format that runs as dense (packed codes, decoded at load; slim of a network whose zero
+    channels cannot go) takes dense's timings and says so (`same_as`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
     formats = export(model.cpu() if device.type == "cpu" else model, kind)
     out = {}
     try:
         for fmt, module in formats.items():
-            module = module.cpu()
-            example = torch.randn(1, *input_shape)
-            size, holds = save(fmt, model, module, example, folder / f"{name}-{fmt}.pt")
-            rec = {"bytes": size, "file": holds, "weights": stored_weights(module),
-                   "peak_bytes": peak_memory(module, example), "latency": {}}
-            for t in sorted({1, all_threads()}):
-                torch.set_num_threads(t)
-                for b in BATCHES:
-                    rec["latency"][f"cpu/b{b}/t{t}"] = list(latency(module, torch.randn(b, *input_shape), *effort))
-            if device.type == "cuda" and fmt != "int8":
-                gpu = module.to(device)
-                for b in BATCHES:
-                    rec["latency"][f"cuda/b{b}"] = list(latency(gpu, torch.randn(b, *input_shape, device=device), *effort))
-            out[fmt] = rec
+            if fmt == "dense" and dense is not None:
+                out[fmt] = dense
+            elif fmt == "slim" and stored_weights(module) == out["dense"]["weights"]:
+                out[fmt] = {**out["dense"], "same_as": "dense"}
+            elif fmt == "packed":   # runs decoded: dense's network and timings, its own bytes
+                path = folder / f"{name}-{fmt}.pt"
+                out[fmt] = {**out["dense"], "bytes": save(fmt, model, module, None, path)[0], "file": "packed",
+                            "same_as": "dense"}
+            else:
+                out[fmt] = _figures(fmt, model, module, input_shape, device, folder / f"{name}-{fmt}.pt", effort)
     finally:
-        torch.set_num_threads(threads)
         model.to(device)
     return out
+
+
+def _figures(fmt, model, module, input_shape, device, path, effort):
+    module = module.cpu()
+    example = torch.randn(1, *input_shape)
+    size, holds = save(fmt, model, module, example, path)
+    rec = {"bytes": size, "file": holds, "weights": stored_weights(module),
+           "peak_bytes": peak_memory(module, example), "latency": {}}
+    threads = torch.get_num_threads()
+    try:
+        for t in sorted({1, all_threads()}):
+            torch.set_num_threads(t)
+            for b in BATCHES:
+                rec["latency"][f"cpu/b{b}/t{t}"] = list(latency(module, torch.randn(b, *input_shape), *effort))
+    finally:
+        torch.set_num_threads(threads)
+    if device.type == "cuda" and fmt != "int8":
+        gpu = module.to(device)
+        for b in BATCHES:
+            rec["latency"][f"cuda/b{b}"] = list(latency(gpu, torch.randn(b, *input_shape, device=device), *effort))
+    return rec
 
 
 def all_threads():

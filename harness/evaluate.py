@@ -42,7 +42,7 @@ def evaluate(spec, model_path, out_path, threads=None, trained=None, measure_dep
     method.finalize(model)
     train_json = Path(model_path).with_name("train.json")
     train = json.loads(train_json.read_text()) if train_json.exists() else {}
-    points = []
+    points, dense = [], None
     for i, level in enumerate(method.evaluation_points()):
         with method.at_level(model, level):
             acc = accuracy(model, test_loader, topk=(1, 5))
@@ -56,8 +56,9 @@ def evaluate(spec, model_path, out_path, threads=None, trained=None, measure_dep
                 kind = deploy.compression_kind(layers, storage)
                 point["deploy"] = deploy.measure(model, kind, info.shape, device, Path(out_path).parent / "export",
                                                  "model" if level is None else f"level{i}",
-                                                 deploy.EFFORT.get(spec.scale, deploy.EFFORT["laptop"]))
+                                                 deploy.EFFORT.get(spec.scale, deploy.EFFORT["laptop"]), dense)
                 point.update(deploy.headline(point["deploy"], kind))
+                dense = point["deploy"]["dense"]
         points.append(point)
     # the settings of the result only: published values and notes are joined in by harness/aggregate.py
     result = {"spec": spec.result_dict(), "points": points, "method_report": method.report(model),
