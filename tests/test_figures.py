@@ -24,10 +24,11 @@ def table():
 def test_every_paper_and_the_overview_as_png_and_pdf(tmp_path):
     written = figures(table(), "paper", tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
-        "gmp/top1-flops.png", "gmp/top1-sparsity.png", "other/top1-sparsity.png", "overview.png"]
+        "gmp/top1-flops.png", "gmp/top1-sparsity.png", "latency.png", "other/top1-sparsity.png", "overview.png"]
     for png in written:
         assert png.stat().st_size > 10_000 and png.with_suffix(".pdf").exists()
-    assert figures(table(), "laptop", tmp_path / "laptop", only="overview") == [tmp_path / "laptop/overview.png"]
+    assert figures(table(), "laptop", tmp_path / "laptop", only="overview") == \
+        [tmp_path / "laptop/overview.png", tmp_path / "laptop/latency.png"]   # no latency column: says so
 
 
 def test_measured_points_are_filled_and_published_hollow():
