@@ -21,7 +21,10 @@ Measurements (`measure`) are a benchmark, never a test: median and interquartile
 timed forwards after warmup, at batch 1 and 64, on one thread and on all; peak memory of one forward
 (the weights plus the most bytes of tensors alive at once, counted by a dispatch mode); bytes of the
 saved file. CPU always, CUDA where the job ran on it."""
+import copy
 import math
+import os
+import platform
 import time
 import weakref
 
@@ -67,9 +70,8 @@ def plain_copy(model):
     """A copy of `model` with every parametrization (masks, thresholds, quantizers) multiplied in:
     the weights the forward pass uses, as ordinary parameters. (torch's remove_parametrizations
     would edit the parametrized class, which a deep copy shares with `model`.)"""
-    import copy as _copy
-    copy = _copy.deepcopy(model)
-    for m in copy.modules():
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
         if "parametrizations" not in m._modules:
             continue
         effective = {name: getattr(m, name).detach().clone() for name in m.parametrizations}
@@ -77,10 +79,10 @@ def plain_copy(model):
         del m._modules["parametrizations"]
         for name, value in effective.items():
             setattr(m, name, nn.Parameter(value))
-    for p in copy.parameters():
+    for p in plain.parameters():
         p.requires_grad_(False)
         p.data = p.data.contiguous()
-    return copy.eval()
+    return plain.eval()
 
 
 # -- slim: structured pruning made physical -------------------------------------------------------------
@@ -116,26 +118,27 @@ def slim(model):
 
 
 def _rows(layer, keep):
-    w = layer.weight.detach()[keep]
     bias = layer.bias.detach()[keep] if layer.bias is not None else None
-    if isinstance(layer, nn.Conv2d):
-        new = nn.Conv2d(layer.in_channels, len(keep), layer.kernel_size, layer.stride, layer.padding,
-                        layer.dilation, layer.groups, bias is not None, layer.padding_mode)
-    else:
-        new = nn.Linear(layer.in_features, len(keep), bias is not None)
-    return _filled(new, w, bias)
+    inputs = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
+    return _resized(layer, inputs, len(keep), layer.weight.detach()[keep], bias)
 
 
 def _columns(layer, keep, channels):
     w = layer.weight.detach()
     bias = layer.bias.detach() if layer.bias is not None else None
-    if isinstance(layer, nn.Conv2d):
-        new = nn.Conv2d(len(keep), layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                        layer.dilation, layer.groups, bias is not None, layer.padding_mode)
-        return _filled(new, w[:, keep], bias)
-    per = w.shape[1] // channels     # a flattened feature map: each channel is `per` columns
+    per = w.shape[1] // channels     # a flattened feature map: each channel is `per` columns (a conv: 1)
     cols = (keep[:, None] * per + torch.arange(per)).flatten()
-    return _filled(nn.Linear(len(cols), layer.out_features, bias is not None), w[:, cols], bias)
+    return _resized(layer, len(cols), w.shape[0], w[:, cols], bias)
+
+
+def _resized(layer, inputs, outputs, weight, bias):
+    """A layer like `layer` (conv or linear) with `inputs` and `outputs` channels and these tensors."""
+    if isinstance(layer, nn.Conv2d):
+        new = nn.Conv2d(inputs, outputs, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                        layer.groups, bias is not None, layer.padding_mode)
+    else:
+        new = nn.Linear(inputs, outputs, bias is not None)
+    return _filled(new, weight, bias)
 
 
 def _filled(layer, weight, bias):
@@ -340,22 +343,8 @@ def stored_weights(module):
 
 
 def state_bytes(module):
-    """Bytes of the module's parameters and buffers (CSR: values, column and row indices)."""
-    total = 0
-    for t in [*module.parameters(), *module.buffers(), *_plain_tensors(module)]:
-        if t.layout == torch.sparse_csr:
-            total += sum(x.numel() * x.element_size() for x in (t.values(), t.col_indices(), t.crow_indices()))
-        else:
-            total += t.numel() * t.element_size()
-    return total
-
-
-def _plain_tensors(module):
-    """Tensors held as plain attributes (the CSR weights of this file's sparse layers)."""
-    for m in module.modules():
-        for v in vars(m).values():
-            if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter):
-                yield v
+    """Bytes of the module's parameters and buffers (the CSR layers' indices and values included)."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 @torch.no_grad()
@@ -384,17 +373,11 @@ def latency(module, x, min_repeats=5, min_seconds=0.2, warmup=1):
     return q[1], q[2] - q[0]
 
 
-def thread_counts():
-    return sorted({1, torch.get_num_threads()})
-
-
 def machine():
     """Where the figures were measured."""
-    import os
-    import platform
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    return {"cpu": cpu, "cores": all_threads(),
             "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "torch": torch.__version__}
 
 
@@ -407,22 +390,18 @@ def measure(model, kind, input_shape, device, folder, name, effort=EFFORT["lapto
     A format that runs as dense (packed codes, decoded at load; slim of a network whose zero
     channels cannot go) takes dense's timings and says so (`same_as`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    formats = export(model.cpu() if device.type == "cpu" else model, kind)
     out = {}
-    try:
-        for fmt, module in formats.items():
-            if fmt == "dense" and dense is not None:
-                out[fmt] = dense
-            elif fmt == "slim" and stored_weights(module) == out["dense"]["weights"]:
-                out[fmt] = {**out["dense"], "same_as": "dense"}
-            elif fmt == "packed":   # runs decoded: dense's network and timings, its own bytes
-                path = folder / f"{name}-{fmt}.pt"
-                out[fmt] = {**out["dense"], "bytes": save(fmt, model, module, None, path)[0], "file": "packed",
-                            "same_as": "dense"}
-            else:
-                out[fmt] = _figures(fmt, model, module, input_shape, device, folder / f"{name}-{fmt}.pt", effort)
-    finally:
-        model.to(device)
+    for fmt, module in export(model, kind).items():   # copies: `model` stays where it is
+        if fmt == "dense" and dense is not None:
+            out[fmt] = dense
+        elif fmt == "slim" and stored_weights(module) == out["dense"]["weights"]:
+            out[fmt] = {**out["dense"], "same_as": "dense"}
+        elif fmt == "packed":   # runs decoded: dense's network and timings, its own bytes
+            path = folder / f"{name}-{fmt}.pt"
+            out[fmt] = {**out["dense"], "bytes": save(fmt, model, module, None, path)[0], "file": "packed",
+                        "same_as": "dense"}
+        else:
+            out[fmt] = _figures(fmt, model, module, input_shape, device, folder / f"{name}-{fmt}.pt", effort)
     return out
 
 
@@ -448,7 +427,7 @@ def _figures(fmt, model, module, input_shape, device, path, effort):
 
 
 def all_threads():
-    import os
+    """The cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 

@@ -24,7 +24,7 @@ def git_commit():
         return "unknown"
 
 
-def evaluate(spec, model_path, out_path, threads=None, trained=None, measure_deployment=True):
+def evaluate(spec, model_path, out_path, threads=None, trained=None):
     """Evaluate the model.pt at model_path, or `trained`, the Trainer that has just written it: its
     model, method and test data in memory, as model.pt would restore them (tests/test_evaluate.py),
     without loading the data and the model again. At each point the model is also exported and its
@@ -52,13 +52,12 @@ def evaluate(spec, model_path, out_path, threads=None, trained=None, measure_dep
                      **acc, **sparsity_summary(layers), **model_size(layers, storage),
                      **flops(model, info.shape, layers, device), "params": count_params(model),
                      "layers": layers}
-            if measure_deployment:
-                kind = deploy.compression_kind(layers, storage)
-                point["deploy"] = deploy.measure(model, kind, info.shape, device, Path(out_path).parent / "export",
-                                                 "model" if level is None else f"level{i}",
-                                                 deploy.EFFORT.get(spec.scale, deploy.EFFORT["laptop"]), dense)
-                point.update(deploy.headline(point["deploy"], kind))
-                dense = point["deploy"]["dense"]
+            kind = deploy.compression_kind(layers, storage)
+            point["deploy"] = deploy.measure(model, kind, info.shape, device, Path(out_path).parent / "export",
+                                             "model" if level is None else f"level{i}",
+                                             deploy.EFFORT.get(spec.scale, deploy.EFFORT["laptop"]), dense)
+            point.update(deploy.headline(point["deploy"], kind))
+            dense = point["deploy"]["dense"]
         points.append(point)
     # the settings of the result only: published values and notes are joined in by harness/aggregate.py
     result = {"spec": spec.result_dict(), "points": points, "method_report": method.report(model),
