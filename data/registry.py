@@ -111,6 +111,13 @@ def _check_labels(name, data_dir, info, *splits):
                             f"{name}'s")
 
 
+def default_eval_batch(device):
+    """Test batch of an in-memory data set: large on a GPU; on the CPU a batch whose activations stay
+    in cache (cPreResNet20 at width 0.5 tests 1,000 images in 0.55 s at 100 a batch against 1.6 s at
+    1,000; LeNet-5's tests take the same time either way)."""
+    return 1000 if str(device).startswith("cuda") else 128
+
+
 def make_loaders(name, data_dir, batch_size, device, seed=0, eval_batch_size=None, workers=4,
                  **args):
     """Train and test loaders for a registered dataset, yielding (x, y) batches on `device`."""
@@ -121,7 +128,7 @@ def make_loaders(name, data_dir, batch_size, device, seed=0, eval_batch_size=Non
     if info.in_memory:  # laptop scales may train on a fixed random part of a data set
         _check_labels(name, data_dir, info, train, test)
         train, test = _subset(train, args.get("train_size")), _subset(test, args.get("test_size"))
-    eval_bs = eval_batch_size or max(batch_size, 1000 if info.in_memory else batch_size)
+    eval_bs = eval_batch_size or max(batch_size, default_eval_batch(device) if info.in_memory else batch_size)
     if info.in_memory:
         return (TensorLoader(*train, info, batch_size, device, seed, train=True),
                 TensorLoader(*test, info, eval_bs, device, seed, train=False), info)

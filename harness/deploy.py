@@ -18,15 +18,18 @@ torch alone (no harness code):
           has a path: its dynamic int8 Linear (weights rounded to int8, so not the same outputs).
 
 Measurements (`measure`) are a benchmark, never a test: median and interquartile range of repeated
-timed forwards after warmup, at batch 1 and 64, on one thread and on all; peak memory of one forward
-(the weights plus the most bytes of tensors alive at once, counted by a dispatch mode); bytes of the
-saved file. CPU always, CUDA where the job ran on it."""
+timed forwards after warmup; peak memory of one forward (the weights plus the most bytes of tensors
+alive at once, counted by a dispatch mode); bytes of the saved file. At paper scale: batch 1 and 64,
+on one thread and on all, CPU always and CUDA where the job ran on it. At laptop and smoke scale only
+the row's own figure, batch 1 on one CPU thread: the full grid cost LCS's 14-level jobs more than
+their evaluation, and the laptop figures are small-model CPU timings either way."""
 import copy
 import math
 import os
 import platform
 import time
 import weakref
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -37,9 +40,17 @@ from torch.utils._pytree import tree_leaves
 from core.metrics import PRUNABLE_TYPES, prunable_layers
 
 BATCHES = (1, 64)
-# timed forwards per setting (at least this many, for at least this long): a smoke run checks the
-# plumbing, a paper run waits for steady figures
-EFFORT = {"smoke": (2, 0.0), "laptop": (3, 0.0), "paper": (20, 1.0)}
+
+
+class Effort(NamedTuple):
+    repeats: int        # timed forwards per setting, at least ...
+    seconds: float      # ... and for at least this long
+    grid: bool          # every batch x thread count (and CUDA), or the headline's batch 1, one thread
+
+
+# a smoke run checks the plumbing, a laptop run gives the row's figure, a paper run waits for steady
+# figures at every setting
+EFFORT = {"smoke": Effort(2, 0.0, False), "laptop": Effort(3, 0.0, False), "paper": Effort(20, 1.0, True)}
 # what a point of metrics.json gains from `measure`: machine-dependent figures, never compared for
 # equality between two runs (`deterministic_part`)
 MEASURED_KEYS = ("deploy", "deploy_format", "latency_ms", "dense_latency_ms", "measured_speedup", "model_bytes",
@@ -384,8 +395,8 @@ def machine():
 def measure(model, kind, input_shape, device, folder, name, effort=EFFORT["laptop"], dense=None):
     """Export `model` (compression `kind`) into `folder`/<name>-<format>.pt and measure every format:
     {format: {bytes, file, weights, peak_bytes, latency: {"<device>/b<batch>/t<threads>": [median ms,
-    IQR ms]}}}. Latency on the CPU at 1 and all threads, and on CUDA where `device` is CUDA;
-    `effort`: (min repeats, min seconds) per setting. `dense`: the dense record of another point of
+    IQR ms]}}}. `effort` (an Effort): how long each setting is timed and which settings: batch 1 on
+    one CPU thread, or with `grid` batch 1 and 64 at 1 and all threads, and on CUDA where `device` is. `dense`: the dense record of another point of
     the same network (its dense form is the same network at every level: measured once per job).
     A format that runs as dense (packed codes, decoded at load; slim of a network whose zero
     channels cannot go) takes dense's timings and says so (`same_as`)."""
@@ -412,17 +423,19 @@ def _figures(fmt, model, module, input_shape, device, path, effort):
     rec = {"bytes": size, "file": holds, "weights": stored_weights(module),
            "peak_bytes": peak_memory(module, example), "latency": {}}
     threads = torch.get_num_threads()
+    settings = [(b, t) for t in sorted({1, all_threads()}) for b in BATCHES] if effort.grid else [(1, 1)]
     try:
-        for t in sorted({1, all_threads()}):
+        for b, t in settings:
             torch.set_num_threads(t)
-            for b in BATCHES:
-                rec["latency"][f"cpu/b{b}/t{t}"] = list(latency(module, torch.randn(b, *input_shape), *effort))
+            x = torch.randn(b, *input_shape)
+            rec["latency"][f"cpu/b{b}/t{t}"] = list(latency(module, x, effort.repeats, effort.seconds))
     finally:
         torch.set_num_threads(threads)
-    if device.type == "cuda" and fmt != "int8":
+    if effort.grid and device.type == "cuda" and fmt != "int8":
         gpu = module.to(device)
         for b in BATCHES:
-            rec["latency"][f"cuda/b{b}"] = list(latency(gpu, torch.randn(b, *input_shape, device=device), *effort))
+            x = torch.randn(b, *input_shape, device=device)
+            rec["latency"][f"cuda/b{b}"] = list(latency(gpu, x, effort.repeats, effort.seconds))
     return rec
 
 

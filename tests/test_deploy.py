@@ -93,16 +93,17 @@ def test_saved_formats_load_with_torch_alone_and_give_the_same_outputs(tmp_path)
     assert (tmp_path / "sparse.pt").stat().st_size < (tmp_path / "dense.pt").stat().st_size
 
 
-def test_measure_reports_every_format_at_every_setting(tmp_path):
+@pytest.mark.parametrize("effort, settings", [(deploy.EFFORT["smoke"], {"cpu/b1/t1"}),
+                                              (deploy.Effort(1, 0.0, grid=True), {"cpu/b1/t1", "cpu/b64/t1"})])
+def test_measure_reports_every_format_at_its_settings(tmp_path, effort, settings):
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
     with torch.no_grad():
         model[1].weight[model[1].weight.abs() < 0.03] = 0
-    figures = deploy.measure(model, "unstructured", (1, 28, 28), torch.device("cpu"), tmp_path, "p0",
-                             effort=deploy.EFFORT["smoke"])
+    figures = deploy.measure(model, "unstructured", (1, 28, 28), torch.device("cpu"), tmp_path, "p0", effort=effort)
     assert set(figures) == {"dense", "sparse"}
     for rec in figures.values():
         assert rec["bytes"] > 0 and rec["peak_bytes"] > 0
-        assert {"cpu/b1/t1", "cpu/b64/t1"} <= set(rec["latency"])
+        assert settings <= set(rec["latency"]) and (effort.grid or set(rec["latency"]) == settings)
         assert all(median > 0 and iqr >= 0 for median, iqr in rec["latency"].values())
     head = deploy.headline(figures, "unstructured")
     assert head["deploy_format"] == "sparse" and head["measured_speedup"] > 0
