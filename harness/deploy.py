@@ -23,6 +23,7 @@ alive at once, counted by a dispatch mode); bytes of the saved file. At paper sc
 on one thread and on all, CPU always and CUDA where the job ran on it. At laptop and smoke scale only
 the row's own figure, batch 1 on one CPU thread: the full grid cost LCS's 14-level jobs more than
 their evaluation, and the laptop figures are small-model CPU timings either way."""
+import contextlib
 import copy
 import math
 import os
@@ -108,11 +109,18 @@ def _dead_outputs(layer):
     return dead
 
 
-def slim(model):
-    """Remove, in every nn.Sequential of `model`, the zero output groups of a conv/linear layer whose
-    output reaches the next conv/linear layer through zero-preserving ops only, with that layer's
-    input columns. The outputs are those of `model` (the removed channels were zero)."""
-    model = plain_copy(model)
+def slim(model, narrow=contextlib.nullcontext):
+    """The smaller network: the weights `narrow()` gives (a method's own narrow network, e.g. LCS's
+    width slices), then, in every nn.Sequential, the zero output groups of a conv/linear layer whose
+    output reaches the next conv/linear layer through zero-preserving ops only removed, with that
+    layer's input columns. The outputs are those of `model` (the removed channels were zero)."""
+    with narrow():
+        model = plain_copy(model)
+    for layer in model.modules():   # sliced weights: the layers' channel counts follow them
+        if isinstance(layer, nn.Conv2d):
+            layer.out_channels, layer.in_channels = layer.weight.shape[0], layer.weight.shape[1] * layer.groups
+        elif isinstance(layer, nn.Linear):
+            layer.out_features, layer.in_features = layer.weight.shape
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq)):
             j = i + 1
@@ -287,12 +295,13 @@ def int8(model):
         return None
 
 
-def export(model, kind):
+def export(model, kind, narrow=contextlib.nullcontext):
     """{format: runnable module} for a model whose compression is `kind` (compression_kind): the
-    dense baseline and the format(s) that realise it."""
+    dense baseline and the format(s) that realise it. `narrow`: the method's narrow-network context
+    (Method.narrow) for `slim`."""
     out = {"dense": plain_copy(model)}
     if kind == "structured":
-        out["slim"] = slim(model)
+        out["slim"] = slim(model, narrow)
     elif kind == "unstructured":
         out["sparse"] = sparse(model)
     elif kind == "quantized":
@@ -394,17 +403,19 @@ def machine():
             "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "torch": torch.__version__}
 
 
-def measure(model, kind, input_shape, device, folder, name, effort=EFFORT["laptop"], dense=None):
+def measure(model, kind, input_shape, device, folder, name, effort=EFFORT["laptop"], dense=None,
+            narrow=contextlib.nullcontext):
     """Export `model` (compression `kind`) into `folder`/<name>-<format>.pt and measure every format:
     {format: {bytes, file, weights, peak_bytes, latency: {"<device>/b<batch>/t<threads>": [median ms,
     IQR ms]}}}. `effort` (an Effort): how long each setting is timed and which settings: batch 1 on
-    one CPU thread, or with `grid` batch 1 and 64 at 1 and all threads, and on CUDA where `device` is. `dense`: the dense record of another point of
-    the same network (its dense form is the same network at every level: measured once per job).
-    A format that runs as dense (packed codes, decoded at load; slim of a network whose zero
-    channels cannot go) takes dense's timings and says so (`same_as`)."""
+    one CPU thread, or with `grid` batch 1 and 64 at 1 and all threads, and on CUDA where `device`
+    is. `dense`: the dense record of another point of the same network (its dense form is the same
+    network at every level: measured once per job). `narrow`: the method's narrow-network context
+    (Method.narrow), for `slim`. A format that runs as dense (packed codes, decoded at load; slim of
+    a network whose zero channels cannot go) takes dense's timings and says so (`same_as`)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    for fmt, module in export(model, kind).items():   # copies: `model` stays where it is
+    for fmt, module in export(model, kind, narrow).items():   # copies: `model` stays where it is
         if fmt == "dense" and dense is not None:
             out[fmt] = dense
         elif fmt == "slim" and stored_weights(module) == out["dense"]["weights"]:

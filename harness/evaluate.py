@@ -55,7 +55,8 @@ def evaluate(spec, model_path, out_path, threads=None, trained=None):
             kind = deploy.compression_kind(layers, storage)
             point["deploy"] = deploy.measure(model, kind, info.shape, device, Path(out_path).parent / "export",
                                              "model" if level is None else f"level{i}",
-                                             deploy.EFFORT.get(spec.scale, deploy.EFFORT["laptop"]), dense)
+                                             deploy.EFFORT.get(spec.scale, deploy.EFFORT["laptop"]), dense,
+                                             narrow=lambda: method.narrow(model))
             point.update(deploy.headline(point["deploy"], kind))
             dense = point["deploy"]["dense"]
         points.append(point)

@@ -136,6 +136,13 @@ class Method:
         """Context in which the model runs at `level` (LCS, slimmable nets)."""
         return contextlib.nullcontext()
 
+    def narrow(self, model):
+        """Context in which the model's weights are those of the physically smaller network at the
+        current level, for the deployment export (harness/deploy.py `slim`): for methods whose
+        structured levels can run narrow (LCS's widths). Default: the model as it is; the export
+        then removes the zero channels it can find by itself."""
+        return contextlib.nullcontext()
+
     def storage(self, model, layers):
         """Per prunable layer (the `layer_sparsity` rows): (bits per stored weight, weights
         stored). Default: 32-bit floats, zeros not stored. Quantizers override it."""

@@ -312,6 +312,20 @@ class SubspaceMethod(Method):
     def at_level(self, model, level):
         return self._level(self.eval_level(level))
 
+    @contextlib.contextmanager
+    def narrow(self, model):
+        """The width-sliced weights the network trains with (SubspaceWeight in training mode), with
+        the norms and the rest of the model left in eval mode: the narrow network, whose outputs
+        are the masked full-width network's."""
+        slim = [p for p in self.weights if p.slim and not p.training]
+        for p in slim:
+            p.train()
+        try:
+            yield
+        finally:
+            for p in slim:
+                p.eval()
+
     def storage(self, model, layers):
         bits = {id(p): p.bits for p in self.weights if p.quantized}
         out = []

@@ -37,6 +37,21 @@ def test_slim_export_computes_the_masked_outputs_with_fewer_parameters():
     assert model[0].out_channels == 20   # the model itself is untouched
 
 
+@pytest.mark.parametrize("name,norm", [("lcs_p", "IN"), ("us", "BN")])
+def test_slim_export_of_an_lcs_width_is_the_narrow_network(name, norm, tmp_path):
+    torch.manual_seed(0)
+    method = get_method(name)(get_method(name).Args(setting="structured", norm=norm))
+    model = method.build(create_model("cpreresnet20", 10, 1, width=0.5)).eval()
+    with method.at_level(model, 0.5):
+        slim = deploy.slim(model, lambda: method.narrow(model))
+        torch.testing.assert_close(slim(_x()), model(_x()), rtol=1e-4, atol=1e-5)
+        assert deploy.stored_weights(slim) < 0.35 * deploy.stored_weights(model)
+        assert slim.stem.out_channels == 4 and slim.stem.in_channels == 1   # the input stays whole
+        deploy.save("slim", model, slim, _x(1), tmp_path / "slim.pt")
+        torch.testing.assert_close(torch.jit.load(tmp_path / "slim.pt")(_x(3)), model(_x(3)), rtol=1e-4, atol=1e-5)
+    assert all(not p.training for p in method.weights)   # the model is back in eval mode
+
+
 def test_a_channel_with_a_bias_is_kept():
     model = _lenet5()
     with torch.no_grad():
