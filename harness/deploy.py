@@ -39,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from core.metrics import PRUNABLE_TYPES, prunable_layers
+from models import pretrained
 
 BATCHES = (1, 64)
 
@@ -328,6 +329,23 @@ def save(fmt, model, module, example, path):
     except Exception:   # a layer TorchScript cannot trace: the weights alone
         torch.save(module.state_dict(), path)
         return path.stat().st_size, "state_dict"
+
+
+def torchvision_state(model, model_name, num_classes):
+    """The dense export's weights (every compression multiplied in) under torchvision's parameter
+    names, for the networks torchvision also has (models/pretrained.py RENAMES: AlexNet, ResNet18,
+    ResNet50) at torchvision's shapes: `torchvision.models.get_model(model_name,
+    num_classes=num_classes).load_state_dict(state)` loads it as it is. None for any other model
+    (or width, or input channels)."""
+    if not pretrained.has_torchvision_weights(model_name):
+        return None
+    import torchvision
+    own = plain_copy(model).state_dict()
+    theirs = torchvision.models.get_model(model_name, weights=None, num_classes=num_classes).state_dict()
+    names = {pretrained.rename(model_name, k): k for k in theirs}
+    if set(names) != set(own) or any(own[h].shape != theirs[t].shape for h, t in names.items()):
+        return None
+    return {t: own[h] for h, t in names.items()}
 
 
 # -- measurement ------------------------------------------------------------------------------------

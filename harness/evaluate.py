@@ -42,7 +42,7 @@ def evaluate(spec, model_path, out_path, threads=None, trained=None):
     method.finalize(model)
     train_json = Path(model_path).with_name("train.json")
     train = json.loads(train_json.read_text()) if train_json.exists() else {}
-    points, dense = [], None
+    points, dense, export = [], None, Path(out_path).parent / "export"
     for i, level in enumerate(method.evaluation_points()):
         with method.at_level(model, level):
             acc = accuracy(model, test_loader, topk=(1, 5))
@@ -53,11 +53,15 @@ def evaluate(spec, model_path, out_path, threads=None, trained=None):
                      **flops(model, info.shape, layers, device), "params": count_params(model),
                      "layers": layers}
             kind = deploy.compression_kind(layers, storage)
-            point["deploy"] = deploy.measure(model, kind, info.shape, device, Path(out_path).parent / "export",
-                                             "model" if level is None else f"level{i}",
+            name = "model" if level is None else f"level{i}"
+            point["deploy"] = deploy.measure(model, kind, info.shape, device, export, name,
                                              deploy.EFFORT.get(spec.scale, deploy.EFFORT["laptop"]), dense,
                                              narrow=lambda: method.narrow(model))
             point.update(deploy.headline(point["deploy"], kind))
+            state = deploy.torchvision_state(model, spec.model, info.num_classes)
+            if state is not None:   # the same weights for torchvision's own model class
+                point["torchvision_file"] = f"{name}-torchvision.pt"
+                torch.save(state, export / point["torchvision_file"])
             dense = point["deploy"]["dense"]
         points.append(point)
     # the settings of the result only: published values and notes are joined in by harness/aggregate.py

@@ -130,3 +130,17 @@ def test_peak_memory_counts_weights_and_the_largest_activations():
     weights = sum(p.numel() * 4 for p in model.parameters())
     peak = deploy.peak_memory(model, torch.randn(8, 100))
     assert weights + 8 * 1000 * 4 <= peak <= weights + 3 * 8 * 1000 * 4
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 64), ("resnet50", 64), ("alexnet", 96)])
+def test_models_that_torchvision_has_export_a_state_dict_its_class_loads(name, size):
+    import torchvision
+    torch.manual_seed(0)
+    model = create_model(name, 10, 3).eval()
+    state = deploy.torchvision_state(model, name, 10)
+    theirs = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    theirs.load_state_dict(state)    # strict: every name and shape
+    x = torch.randn(2, 3, size, size)
+    torch.testing.assert_close(theirs(x), model(x), rtol=1e-4, atol=1e-5)
+    assert deploy.torchvision_state(create_model(name, 10, 3, width=0.5), name, 10) is None
+    assert deploy.torchvision_state(_lenet5(), "lenet5", 10) is None
