@@ -1,4 +1,5 @@
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# A suite started in the background of a non-interactive shell (`pytest &`, `nohup`, some CI runners)
+# inherits SIGINT ignored, and so would every Snakemake it starts: the Ctrl-C tests would meet a
+# Snakemake that cannot be interrupted (it finishes the run, or waits out the test's timeout).
+# Handled again here, the Snakemakes start with SIGINT's default, as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 WORKFLOW_FILES = ["Snakefile", "config", "rules", "core", "harness", "methods", "models", "data", "profiles", "report",
                   "budgets"]
