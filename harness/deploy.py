@@ -25,6 +25,7 @@ the row's own figure, batch 1 on one CPU thread: the full grid cost LCS's 14-lev
 their evaluation, and the laptop figures are small-model CPU timings either way."""
 import contextlib
 import copy
+import functools
 import math
 import os
 import platform
@@ -339,13 +340,20 @@ def torchvision_state(model, model_name, num_classes):
     (or width, or input channels)."""
     if not pretrained.has_torchvision_weights(model_name):
         return None
-    import torchvision
+    theirs = _torchvision_shapes(model_name, num_classes)
     own = plain_copy(model).state_dict()
-    theirs = torchvision.models.get_model(model_name, weights=None, num_classes=num_classes).state_dict()
-    names = {pretrained.rename(model_name, k): k for k in theirs}
-    if set(names) != set(own) or any(own[h].shape != theirs[t].shape for h, t in names.items()):
+    if set(theirs) != set(own) or any(own[k].shape != shape for k, (_, shape) in theirs.items()):
         return None
-    return {t: own[h] for h, t in names.items()}
+    return {name: own[k] for k, (name, _) in theirs.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _torchvision_shapes(model_name, num_classes):
+    """{harness name: (torchvision name, shape)} of torchvision's `model_name` (built once per job,
+    not once per evaluation point)."""
+    import torchvision
+    theirs = torchvision.models.get_model(model_name, weights=None, num_classes=num_classes).state_dict()
+    return {pretrained.rename(model_name, k): (k, v.shape) for k, v in theirs.items()}
 
 
 # -- measurement ------------------------------------------------------------------------------------
