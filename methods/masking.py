@@ -35,12 +35,20 @@ def raw_weight(module):
 
 
 def magnitude_mask(scores, n_pruned):
-    """Mask keeping all but the `n_pruned` smallest-|score| entries (ties broken by position)."""
+    """Mask keeping all but the `n_pruned` smallest-|score| entries (ties broken by position, as a
+    stable sort would: the first ones are pruned). A selection (kthvalue), not a sort: DNW and LCS's
+    TopK recompute it for every layer at every step, and at 100,000 weights a sort costs 6-11x more."""
     flat = scores.abs().flatten()          # logical order, whatever the memory format
-    mask = torch.ones_like(flat)
-    if n_pruned > 0:
-        mask[flat.argsort(stable=True)[:n_pruned]] = 0
-    return mask.view(scores.shape)
+    if n_pruned <= 0:
+        return torch.ones_like(flat).view(scores.shape)
+    if n_pruned >= flat.numel():
+        return torch.zeros_like(flat).view(scores.shape)
+    cut = flat.kthvalue(n_pruned).values   # the largest pruned magnitude
+    keep = flat > cut
+    ties_kept = flat.numel() - n_pruned - int(keep.sum())
+    if ties_kept:                          # entries equal to `cut` straddle it: keep the last ones
+        keep[(flat == cut).nonzero().squeeze(1)[-ties_kept:]] = True
+    return keep.to(flat.dtype).view(scores.shape)
 
 
 def bake_masks(model, modules=None):

@@ -34,6 +34,19 @@ def test_magnitude_mask_matches_reference_choose_edges():
                        torch.tensor([0.5, 0, 0.3, -0.7, 0, 0, 0, 0.9]))
 
 
+def test_magnitude_mask_is_a_stable_sort_at_ties_and_edges():
+    """The selection (kthvalue) prunes what a stable ascending sort of |w| puts first."""
+    def by_sort(w, n):
+        mask = torch.ones(w.numel())
+        mask[w.abs().flatten().argsort(stable=True)[:n]] = 0
+        return mask.view(w.shape)
+    w = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    w[:300], w[500:600], w[700:750] = 0.0, -0.5, 0.5     # ties at zero and at +-0.5, on either side of many cuts
+    for n in range(0, 1001):
+        assert torch.equal(magnitude_mask(w, n), by_sort(w, n)), n
+    conv = torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last)
+    assert torch.equal(magnitude_mask(conv, 100), by_sort(conv, 100))
+
 def _gmp(model, sparsity, **args):
     cls = get_method("gmp")
     method = cls(cls.Args(**args), {"sparsity": sparsity})
