@@ -149,8 +149,9 @@ def _dispatch(args):
             raise HarnessError(f"--spec starts from {spec.init!r} (its init): give that model's model.pt with --init")
         rank0 = distributed_env()[0] == 0           # under DDP, rank 0 alone locks, writes and evaluates
         with run_lock(args.out) if rank0 else nullcontext():
+            # test_at_end: the same on every rank (testing is a collective)
             trainer = Trainer(spec, args.out, args.init, args.threads, log=lambda m: print(m, flush=True),
-                              budget_file=args.budget_file)
+                              budget_file=args.budget_file, test_at_end=not args.evaluate)
             trainer.run()
             if args.evaluate and rank0:    # the model in memory: no second load of the data and model
                 _evaluate(spec, f"{args.out}/model.pt", args.evaluate, args.threads, trainer)

@@ -66,9 +66,13 @@ def make_optimizer(cfg, groups):
 
 
 class Trainer:
-    def __init__(self, spec: RunSpec, out_dir, init_path=None, threads=None, log=print, budget_file=None):
+    def __init__(self, spec: RunSpec, out_dir, init_path=None, threads=None, log=print, budget_file=None,
+                 test_at_end=True):
         self.spec, self.cfg, self.out = spec, spec.train_config, Path(out_dir)
         self.init_path, self.log = init_path, log
+        # False where the evaluation follows in this process: it tests the final model anyway, and a
+        # second pass over the test set cost about a second a job (recipes with eval_every 0)
+        self.test_at_end = test_at_end
         if threads:
             torch.set_num_threads(threads)
         self.rank, self.world, local_rank = distributed_env()
@@ -236,7 +240,7 @@ class Trainer:
             t0 = time.perf_counter()
             stats = self.train_epoch()
             last = self.epoch + 1 == self.cfg.epochs
-            if last or (self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0):
+            if (last and self.test_at_end) or (self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0):
                 stats["test_top1"] = self.test_top1()
             stats["sparsity"] = sparsity_summary(layer_sparsity(self.model))["sparsity"]
             self.epoch += 1
