@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import time
+import warnings
 import weakref
 from typing import NamedTuple
 
@@ -440,6 +441,22 @@ def measure(model, kind, input_shape, device, folder, name, effort=EFFORT["lapto
     (Method.narrow), for `slim`. A format that runs as dense (packed codes, decoded at load; slim of
     a network whose zero channels cannot go) takes dense's timings and says so (`same_as`)."""
     folder.mkdir(parents=True, exist_ok=True)
+    with _known_warnings_silenced():
+        return _measure(model, kind, input_shape, device, folder, name, effort, dense, narrow)
+
+
+@contextlib.contextmanager
+def _known_warnings_silenced():
+    """PyTorch's notes on what deployment uses on purpose (CSR in beta, torch.jit deprecated,
+    CSR tensors constant in a trace): in every job's log they hid what matters."""
+    with warnings.catch_warnings():
+        for message in ("Sparse CSR tensor support is in beta", "Sparse invariant checks are implicitly disabled",
+                        r"`torch\.jit\.\w+` is deprecated", "torch.sparse_csr_tensor results are registered as constants"):
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+def _measure(model, kind, input_shape, device, folder, name, effort, dense, narrow):
     out = {}
     for fmt, module in export(model, kind, narrow).items():   # copies: `model` stays where it is
         if fmt == "dense" and dense is not None:
