@@ -42,6 +42,11 @@ def save_text(text, path):
     _atomic(path, lambda f: f.write(text.encode()))
 
 
+def save_npy(array, path):
+    import numpy as np
+    _atomic(path, lambda f: np.save(f, array))
+
+
 def remove_temp_files(folder):
     """Delete the temporary files that a process killed in the middle of an atomic write left in
     `folder`; call it only while no other process writes there (core/locks.py: run_lock)."""

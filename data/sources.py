@@ -3,12 +3,15 @@ import contextlib
 import gzip
 import io
 import math
+import os
 import pickle
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from core import io as atomic_io
 
 from .registry import DataError, DataInfo, DataMissing, register_dataset
 
@@ -18,8 +21,41 @@ IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 
 
 def read_idx(path):
-    """Read an IDX file (as MNIST and Fashion-MNIST ship them), gzipped or not, into a tensor."""
+    """Read an IDX file (as MNIST and Fashion-MNIST ship them), gzipped or not, into a tensor. A
+    large gzipped file is decoded once: later jobs read the array kept in the user's cache folder."""
     path = Path(path)
+    cached = decoded_cache(path)
+    if cached is not None and cached.exists():
+        try:
+            return torch.from_numpy(np.load(cached))
+        except (OSError, ValueError):   # cut short or foreign: decode again below
+            pass
+    array = _decode_idx(path)
+    if cached is not None:
+        with contextlib.suppress(OSError):   # a read-only cache folder costs the decode, nothing else
+            atomic_io.save_npy(array, cached)
+    return torch.from_numpy(array)
+
+
+def decoded_cache(path, min_bytes=1 << 20):
+    """Where the decoded array of a gzipped IDX file of at least `min_bytes` is kept
+    ($HARNESS_CACHE, by default $XDG_CACHE_HOME/compression-harness or ~/.cache/compression-harness;
+    then idx/), named by the file's name, size and modification time, so a replaced file is decoded
+    again; None for a smaller or plain file."""
+    if path.suffix != ".gz":
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if st.st_size < min_bytes:
+        return None
+    root = os.environ.get("HARNESS_CACHE") or \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compression-harness"
+    return Path(root) / "idx" / f"{path.name[:-3]}-{st.st_size}-{st.st_mtime_ns}.npy"
+
+
+def _decode_idx(path):
     try:
         raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError) as err:   # not gzip (BadGzipFile is an OSError), or cut short (EOFError)
@@ -37,7 +73,7 @@ def read_idx(path):
         raise DataError(f"{path}: {what}: the IDX header gives {shape} but the file holds {len(raw)} bytes; "
                         f"delete it and download it again")
     data = np.frombuffer(raw, dtype, offset=header)
-    return torch.from_numpy(data.reshape(dims).astype(dtype.newbyteorder("="), copy=True))
+    return data.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
 
 
 def _find(folder, stem):

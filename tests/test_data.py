@@ -43,6 +43,23 @@ def test_idx_files_round_trip(tmp_path, gz):
     assert np.array_equal(xtr.numpy(), arrays["train"][0]) and np.array_equal(yte.numpy(), arrays["t10k"][1])
 
 
+def test_a_large_gzipped_idx_file_is_decoded_once_and_again_when_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    first = rng.integers(0, 256, (1500, 28, 28))            # random bytes: the gzip stays over 1 MB
+    write_idx(path, first)
+    assert np.array_equal(read_idx(path).numpy(), first)
+    cached, = (tmp_path / "cache" / "idx").iterdir()
+    assert np.array_equal(np.load(cached), first)           # the second read is this file's
+    assert np.array_equal(read_idx(path).numpy(), first)
+    cached.write_bytes(b"cut short")                         # a broken cache file: decoded again
+    assert np.array_equal(read_idx(path).numpy(), first)
+    second = rng.integers(0, 256, (1600, 28, 28))
+    write_idx(path, second)                                  # replaced: another size and time
+    assert np.array_equal(read_idx(path).numpy(), second)
+
+
 def test_idx_rejects_other_files(tmp_path):
     (tmp_path / "x").write_bytes(b"\x12\x34\x56\x78")
     with pytest.raises(ValueError, match="not an IDX file"):
