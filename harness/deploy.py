@@ -50,11 +50,13 @@ class Effort(NamedTuple):
     repeats: int        # timed forwards per setting, at least ...
     seconds: float      # ... and for at least this long
     grid: bool          # every batch x thread count (and CUDA), or the headline's batch 1, one thread
+    torchscript: bool = True   # runnable files (a trace, ~0.45 s an LCS level), or their state dicts
 
 
-# a smoke run checks the plumbing, a laptop run gives the row's figure, a paper run waits for steady
-# figures at every setting
-EFFORT = {"smoke": Effort(2, 0.0, False), "laptop": Effort(3, 0.0, False), "paper": Effort(20, 1.0, True)}
+# a smoke run checks the plumbing (its files are state dicts: tracing was two thirds of an LCS smoke
+# evaluation), a laptop run gives the row's figure, a paper run waits for steady figures at every setting
+EFFORT = {"smoke": Effort(2, 0.0, False, torchscript=False), "laptop": Effort(3, 0.0, False),
+          "paper": Effort(20, 1.0, True)}
 # what a point of metrics.json gains from `measure`: machine-dependent figures, never compared for
 # equality between two runs (`deterministic_part`)
 MEASURED_KEYS = ("deploy", "deploy_format", "latency_ms", "dense_latency_ms", "measured_speedup", "model_bytes",
@@ -317,13 +319,16 @@ def export(model, kind, narrow=contextlib.nullcontext):
     return out
 
 
-def save(fmt, model, module, example, path):
+def save(fmt, model, module, example, path, torchscript=True):
     """Write one format to `path`; returns (bytes on disk, what the file holds). Runnable formats
-    are TorchScript (torch.jit.load runs them with torch alone) where the model traces, else their
-    state dict; `packed` is the weights-only dict of `pack`."""
+    are TorchScript (torch.jit.load runs them with torch alone) where the model traces and
+    `torchscript`, else their state dict; `packed` is the weights-only dict of `pack`."""
     if fmt == "packed":
         torch.save(pack(model), path)
         return path.stat().st_size, "packed"
+    if not torchscript:
+        torch.save(module.state_dict(), path)
+        return path.stat().st_size, "state_dict"
     try:
         with torch.no_grad():
             torch.jit.save(torch.jit.trace(module, example, check_trace=False), path)
@@ -475,7 +480,7 @@ def _measure(model, kind, input_shape, device, folder, name, effort, dense, narr
 def _figures(fmt, model, module, input_shape, device, path, effort):
     module = module.cpu()
     example = torch.randn(1, *input_shape)
-    size, holds = save(fmt, model, module, example, path)
+    size, holds = save(fmt, model, module, example, path, effort.torchscript)
     rec = {"bytes": size, "file": holds, "weights": stored_weights(module),
            "peak_bytes": peak_memory(module, example), "latency": {}}
     threads = torch.get_num_threads()
