@@ -47,6 +47,7 @@ def test_magnitude_mask_is_a_stable_sort_at_ties_and_edges():
     conv = torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last)
     assert torch.equal(magnitude_mask(conv, 100), by_sort(conv, 100))
 
+
 def _gmp(model, sparsity, **args):
     cls = get_method("gmp")
     method = cls(cls.Args(**args), {"sparsity": sparsity})
