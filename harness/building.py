@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import torch
+import torch.utils.deterministic
 
 import data
 import methods
@@ -40,6 +41,9 @@ def seed_everything(seed, device):
         # = use_deterministic_algorithms(True), which also imports torch._inductor (1-3 s of every job)
         # only to set a torch.compile option; nothing here compiles
         torch.set_deterministic_debug_mode("error")
+        # deterministic mode also fills every new tensor with NaN before its kernel writes it, a debug
+        # aid that cost an LCS training step 10 % (900 fills a step); the results are the same
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def build_model(spec: RunSpec, info, device, init_state=None, budget_file=None, inherited=None):
