@@ -15,6 +15,8 @@ channels, as the reference's AdaptiveBN/IN do) and zero-pads a full-width input.
 The method sets the level attributes (`alpha`, `topk`, `bits`, `width`) on every layer before a
 forward pass, as the reference sets `alpha` on each module. Layers start as the reference's
 builder and network constructors leave them (`init_weight_`, `init_weight1_`, `INITS`)."""
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -65,7 +67,7 @@ def quantize_affine(x, bits, rmin=None, rmax=None):
     rmin = min(float(x.min() if rmin is None else rmin), 0.0)
     rmax = max(float(x.max() if rmax is None else rmax), 0.0)
     scale = (rmax - rmin) / (qmax - qmin)
-    if scale == 0.0:
+    if scale == 0.0 or not math.isfinite(scale):   # all zeros; or diverged, a NaN the trainer reports
         return x
     zero_point = min(max(round(qmin - rmin / scale), qmin), qmax)
     q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)

@@ -83,6 +83,13 @@ def test_affine_quantizer(x, bits, expected):
     assert quantize_affine(x, bits).tolist() == pytest.approx(expected, abs=1e-6)
 
 
+def test_a_diverged_weight_passes_the_quantizer_as_nan():
+    """A NaN weight (a diverged run) goes through, for the trainer to report as a non-finite loss,
+    instead of failing to round the NaN zero point."""
+    x = torch.tensor([0.5, float("nan"), -1.0])
+    assert torch.isnan(quantize_affine(x, 4)).tolist() == [False, True, False]
+
+
 def test_quantizer_is_straight_through_and_zero_stays_zero():
     w = X.clone().requires_grad_()
     p = SubspaceWeight(w.detach(), quantized=True)
