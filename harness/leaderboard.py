@@ -1,8 +1,11 @@
 """The cross-method leaderboard: every method of config/papers/leaderboard.yaml compared at the same
 targets, per model, from results/tables.csv.
 
-A target is a sparsity (for methods that prune) or a number of bits per weight (for methods that
-quantize: stored bits / all conv and linear weights, so pruning and quantizing share one axis).
+A target is a sparsity (for methods that prune), a number of bits per weight (for methods that
+quantize: stored bits / all conv and linear weights), or a compression rate, which every method
+competes at (32-bit dense size / stored size, as ADMM's paper counts it: pruning and quantizing on
+one axis; Blalock et al.'s operating points {2, 4, 8, 16, 32}x). Compression is compared on a log
+scale: its tolerance is relative (0.02: within 2 %), and interpolation is linear in log2(rate).
 A method's points are the final rows of one `series` (its chain of methods and variant, e.g.
 `hoyer_square>finetune`, `admm-quantize`, or one LCS subspace evaluated at every level); rows that
 another row starts from are stages, not results, and stay out. For each seed, at each target:
@@ -25,8 +28,9 @@ from core.results import read_results, row_settings
 
 PAPER = "leaderboard"
 BOARD_CSV = "results/leaderboard.csv"   # what rules/leaderboard.smk writes
-AXIS = {"sparsity": "sparsity", "bits": "bits_per_weight"}
-DEFAULT_TOLERANCE = {"sparsity": 0.005, "bits": 0.1}
+AXIS = {"sparsity": "sparsity", "bits": "bits_per_weight", "compression": "compression"}
+DEFAULT_TOLERANCE = {"sparsity": 0.005, "bits": 0.1, "compression": 0.02}
+LOG_KINDS = {"compression"}   # compared and interpolated in log2
 VALUES = ["top1", "flops", "speedup", "measured_speedup", "compression", "size_bits"]
 COLUMNS = ["scale", "model", "dataset", "target_kind", "target", "rank", "series", "how", "seeds",
            "top1_mean", "top1_std", "achieved_mean", "flops_mean", "speedup_mean", "measured_speedup_mean", "compression_mean",
@@ -72,20 +76,24 @@ def kind_of(points):
     return "bits" if (points.bits < 32 - 1e-9).any() else "sparsity"
 
 
-def at_target(points, axis, target, tolerance):
-    """One seed's (how, values, rows, reason) at `target` from its points (a DataFrame)."""
-    x = points[axis].to_numpy(float)
-    near = np.abs(x - target) <= tolerance
+def at_target(points, kind, target, tolerance):
+    """One seed's (how, values, rows, reason) at `target` of `kind` from its points (a DataFrame)."""
+    axis, log = AXIS[kind], kind in LOG_KINDS
+    raw = points[axis].to_numpy(float)
+    x, t, tol = (np.log2(raw), np.log2(target), np.log2(1 + tolerance)) if log else (raw, target, tolerance)
+    near = np.abs(x - t) <= tol
     if near.any():
-        best = points.iloc[int(np.argmin(np.where(near, np.abs(x - target), np.inf)))]
-        return "measured", {v: best[v] for v in VALUES} | {"achieved": best[axis]}, [best.row], ""
-    below, above = points[x < target], points[x > target]
-    if below.empty or above.empty:
-        return "missed", None, [], f"{axis} of its points spans {x.min():.4g}..{x.max():.4g}"
-    lo, hi = below.loc[below[axis].idxmax()], above.loc[above[axis].idxmin()]
-    w = (target - lo[axis]) / (hi[axis] - lo[axis])
-    values = {v: (1 - w) * lo[v] + w * hi[v] for v in VALUES}
-    return "interpolated", values | {"achieved": target}, [lo.row, hi.row], ""
+        best = int(np.argmin(np.where(near, np.abs(x - t), np.inf)))
+        return "measured", {v: points.iloc[best][v] for v in VALUES} | {"achieved": raw[best]}, \
+            [points.iloc[best].row], ""
+    below, above = np.flatnonzero(x < t), np.flatnonzero(x > t)
+    if not len(below) or not len(above):
+        return "missed", None, [], f"{axis} of its points spans {raw.min():.4g}..{raw.max():.4g}"
+    lo, hi = below[np.argmax(x[below])], above[np.argmin(x[above])]
+    w = (t - x[lo]) / (x[hi] - x[lo])
+    lo_row, hi_row = points.iloc[lo], points.iloc[hi]
+    values = {v: (1 - w) * lo_row[v] + w * hi_row[v] for v in VALUES}
+    return "interpolated", values | {"achieved": target}, [lo_row.row, hi_row.row], ""
 
 
 def entries(points, targets, tolerance):
@@ -104,9 +112,10 @@ def entries(points, targets, tolerance):
                    "size_bits_mean": part.size_bits.mean(), "rows": ";".join(sorted(part.row.unique())),
                    "reason": ""}
             continue
-        for target in targets.get(kind, []):
-            per_seed = {s: at_target(p, AXIS[kind], target, tolerance[kind]) for s, p in part.groupby("seed")}
-            yield {**where, "target_kind": kind, "target": target, **combine(per_seed)}
+        for kind in (kind, "compression"):   # its own axis, then the one every method shares
+            for target in targets.get(kind, []):
+                per_seed = {s: at_target(p, kind, target, tolerance[kind]) for s, p in part.groupby("seed")}
+                yield {**where, "target_kind": kind, "target": target, **combine(per_seed)}
 
 
 def combine(per_seed):

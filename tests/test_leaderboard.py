@@ -29,8 +29,8 @@ def test_every_method_on_every_model_with_the_tables_seeds():
     assert set(per_model) == {"lenet300-100", "lenet5-caffe", "resnet20"}
     assert per_model["lenet5-caffe"] == per_model["resnet20"] == per_model["lenet300-100"] + 4   # LCS: conv models
     lenet = {s.row for s in specs if s.model == "lenet5-caffe" and s.seed == 0}
-    for row in ["lenet5-caffe-dense", "lenet5-caffe-gmp-0.9", "lenet5-caffe-gmp-0.95", "lenet5-caffe-dnw-0.9",
-                "lenet5-caffe-admm-prune-0.1", "lenet5-caffe-admm-prune-0.05", "lenet5-caffe-str-0.1",
+    for row in ["lenet5-caffe-dense", "lenet5-caffe-gmp-0.5", "lenet5-caffe-gmp-0.96875", "lenet5-caffe-dnw-0.875",
+                "lenet5-caffe-admm-prune-0.5", "lenet5-caffe-admm-prune-0.03125", "lenet5-caffe-str-0.1",
                 "lenet5-caffe-hoyer_square-0.0001", "lenet5-caffe-hoyer_square-0.0001-std2.0",
                 "lenet5-caffe-l1-3e-05-std1.5", "lenet5-caffe-tl1-3e-05-std2.5", "lenet5-caffe-hoyer-0.003-std2.0",
                 "lenet5-caffe-admm-quantize-3bit", "lenet5-caffe-admm-joint-0.5x8bit"]:
@@ -68,7 +68,7 @@ def test_paper_scale_models_and_data():
 
 
 def test_seeds_differ_between_repeats_and_agree_when_repeated(tmp_path):
-    spec = next(s for s in runs("smoke") if s.row == "lenet300-100-gmp-0.9")
+    spec = next(s for s in runs("smoke") if s.row == "lenet300-100-gmp-0.9375")
     weights = {}
     for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
         run = type(spec)(**{**spec.__dict__, "seed": seed, "init": None})
@@ -107,7 +107,8 @@ def table():
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
 
 
-TARGETS, TOLERANCE = {"sparsity": [0.9, 0.95], "bits": [3, 4]}, {"sparsity": 0.005, "bits": 0.15}
+TARGETS = {"sparsity": [0.9, 0.95], "bits": [3, 4], "compression": [10, 16]}
+TOLERANCE = {"sparsity": 0.005, "bits": 0.15, "compression": 0.02}
 
 
 def line(board, series, kind, target):
@@ -136,6 +137,22 @@ def test_measured_interpolated_and_missed_targets():
     assert dense.series == "dense" and dense.top1_mean == 90.5
 
 
+def test_every_method_competes_at_compression_rates_on_a_log_scale():
+    board = leaderboard(table(), TARGETS, TOLERANCE)
+    assert line(board, "gmp", "compression", 10).how == "measured"          # sparsity 0.9 = 10x
+    gmp = line(board, "gmp", "compression", 16)                             # between 10x (88) and 20x (85)
+    w = (np.log2(16) - np.log2(10)) / (np.log2(20) - np.log2(10))
+    assert gmp.how == "interpolated" and gmp.top1_mean == pytest.approx(88 - 3 * w + 0.5)
+    assert gmp.achieved_mean == 16 and gmp.compression_mean == pytest.approx(10 + 10 * w)
+    quantized = line(board, "admm-quantize", "compression", 10)            # 3.5 bits = 9.1x, 2.9 bits = 11x
+    assert quantized.how == "interpolated" and quantized.rows == "q3;q4"
+    missed = line(board, "hoyer_square>finetune", "compression", 10)
+    assert missed.how == "missed" and "spans 5..6.667" in missed.reason
+    assert {"dense"} == set(board[board.series == "dense"].target_kind)    # dense is the reference, not a rate
+    near = table().assign(compression=lambda t: t.compression * np.where(t.row == "gmp-0.95", 16 / 20 * 1.015, 1))
+    assert line(leaderboard(near, TARGETS, TOLERANCE), "gmp", "compression", 16).how == "measured"   # 1.5 % off
+
+
 def test_series_names_say_the_chain_and_the_variant():
     t = table()
     names = {r.row: series_name(r) for r in t.itertuples()}
@@ -147,7 +164,7 @@ def test_series_names_say_the_chain_and_the_variant():
 def test_figures_leave_missed_targets_out(tmp_path):
     path = tmp_path / "leaderboard.yaml"
     path.write_text(json.dumps({"leaderboard": {"targets": TARGETS, "tolerance": TOLERANCE}}))
-    assert settings(path) == (TARGETS, TOLERANCE)
+    assert settings(path) == (TARGETS, TOLERANCE)   # each kind's tolerance given
     figs = leaderboard_figures(table(), settings_path=path, board_csv=tmp_path / "not-written-yet.csv")
     assert set(figs) == {"top1-sparsity", "top1-flops", "top1-size", "top1-at-targets"}
     ax = figs["top1-at-targets"].axes[0]
