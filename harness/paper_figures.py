@@ -152,24 +152,32 @@ def leaderboard_figures(rows, settings_path="config/papers/leaderboard.yaml", bo
     return figs
 
 
+TARGET_LABEL = {"compression": "{:g}x", "bits": "{:g} bits", "sparsity": "sparsity {:g}"}
+
+
+def target_label(kind, target):
+    return TARGET_LABEL.get(kind, kind + " {:g}").format(target)
+
+
 def at_targets(board):
     """One panel per model: each method's top-1 (mean, bars: std over seeds) at each target,
     interpolated values hollow; missed targets are named under the panel, never drawn."""
     models = sorted(board.model.unique())
     order = sorted(board.series.unique())
     colors = palette(order)
-    fig, axes = panels(len(models), 6.5, 4.5)
+    targets = board.groupby(["target_kind", "target"]).ngroups
+    fig, axes = panels(len(models), max(6.5, 1.1 * targets), 4.5)
     for ax, model in zip(axes, models):
         part = board[board.model == model].sort_values(["target_kind", "target"])
-        labels = list(dict.fromkeys(f"{r.target_kind} {r.target:g}" for r in part.itertuples()))
+        labels = list(dict.fromkeys(target_label(r.target_kind, r.target) for r in part.itertuples()))
         width = 0.8 / max(1, len(order))
         for r in part[part.how != "missed"].itertuples():
-            x = labels.index(f"{r.target_kind} {r.target:g}") - 0.4 + width * (order.index(r.series) + 0.5)
+            x = labels.index(target_label(r.target_kind, r.target)) - 0.4 + width * (order.index(r.series) + 0.5)
             ax.errorbar(x, r.top1_mean, yerr=r.top1_std, color=colors[r.series], marker="o", capsize=2,
                         mfc="none" if r.how == "interpolated" else colors[r.series])
         ax.set_xticks(range(len(labels)), labels)
         missed = part[part.how == "missed"]
-        note = "; ".join(f"{r.series} @ {r.target_kind} {r.target:g}" for r in missed.itertuples())
+        note = "; ".join(f"{r.series} @ {target_label(r.target_kind, r.target)}" for r in missed.itertuples())
         ax.set_xlabel(textwrap.fill("missed: " + note, 70) if note else "target")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"{model} on {part.dataset.iloc[0]}", fontsize="medium")
