@@ -9,7 +9,8 @@ torch alone (no harness code):
   slim    structured: conv filters and linear neurons that are zero (with their bias), and the input
           channels of the layers that read them, removed: a smaller dense network. Only where the
           producer feeds its consumer through channel-wise ops (ReLU, pooling, flatten) in a
-          nn.Sequential, so a channel that is zero stays zero; residual streams and norms keep theirs;
+          nn.Sequential, so a channel that is zero stays zero, and in conv-BN-ReLU-conv chains inside
+          blocks where the BN channel is zero whatever its input; residual streams keep theirs;
   sparse  unstructured: conv and linear weights in CSR (`torch.sparse_csr`), a conv run as unfold
           and a sparse x dense matmul; the rest dense;
   packed  quantized: per layer the distinct values as a codebook and the weights as packed
@@ -41,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from core.metrics import PRUNABLE_TYPES, prunable_layers
+from methods.channel_graph import norm_graph
 from models import pretrained
 
 BATCHES = (1, 64)
@@ -138,7 +140,48 @@ def slim(model, narrow=contextlib.nullcontext):
             if 0 < len(keep) < producer.weight.shape[0]:
                 seq[i] = _rows(producer, keep)
                 seq[j] = _columns(seq[j], keep, producer.weight.shape[0])
+    return _slim_norm_chains(model)
+
+
+def _slim_norm_chains(model):
+    """conv -> BN -> ReLU -> conv chains inside blocks (a ResNet block's conv1-bn1-relu-conv2, a
+    pre-activation block's conv1-bn2-relu-conv2), found in the traced graph (methods/channel_graph.py):
+    a BN channel whose output is zero whatever the input goes, with its filter and its consumers'
+    input columns. Zero whatever the input: its scale is 0, or its filter is zero (a constant
+    β - γ·μ/σ), and that constant is 0, or at most 0 where every path starts with a ReLU (Group-HS,
+    Group Lasso and LEC zero channels so). A BN that also feeds a residual sum keeps its channels."""
+    try:
+        chains = norm_graph(model)
+    except Exception:   # a model fx cannot trace keeps its norms (slim then does what it did above)
+        return model
+    for name, (producer, consumers, closed, relu_first) in chains.items():
+        bn = model.get_submodule(name)
+        if not (producer and closed and bn.affine and bn.track_running_stats):
+            continue
+        conv = model.get_submodule(producer)
+        gamma, beta = bn.weight.detach(), bn.bias.detach()
+        constant = torch.where(gamma == 0, beta, beta - gamma * bn.running_mean / torch.sqrt(bn.running_var + bn.eps))
+        silent = constant <= 0 if relu_first else constant == 0
+        keep = (~((gamma == 0) | _dead_outputs(conv)) | ~silent).nonzero().flatten()
+        if 0 < len(keep) < len(gamma):
+            _replace(model, producer, _rows(conv, keep))
+            _replace(model, name, _norm_rows(bn, keep))
+            for c in consumers:
+                _replace(model, c, _columns(model.get_submodule(c), keep, len(gamma)))
     return model
+
+
+def _norm_rows(bn, keep):
+    new = nn.BatchNorm2d(len(keep), bn.eps, bn.momentum).eval()
+    with torch.no_grad():
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            getattr(new, attr).copy_(getattr(bn, attr)[keep])
+    return new.requires_grad_(False)
+
+
+def _replace(model, name, module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
 
 
 def _rows(layer, keep):

@@ -59,6 +59,57 @@ def test_a_channel_with_a_bias_is_kept():
     assert deploy.slim(model)[0].out_channels == 20
 
 
+def _trained_like_bn(model):
+    """Random BN statistics and affine parameters, as a trained network has (fresh ones are 0/1)."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                for t, lo in ((m.weight, 0.5), (m.running_var, 0.5)):
+                    t.copy_(lo + torch.rand(t.shape, generator=g))
+                m.bias.normal_(0, 0.2, generator=g)
+                m.running_mean.normal_(0, 0.2, generator=g)
+    return model
+
+
+def test_slim_removes_dead_channels_inside_residual_blocks():
+    """Channels of a block's first conv that are zero whatever the input go (its filter zero and
+    relu(beta - gamma*mean/sd) = 0, or gamma = beta = 0); one whose constant passes the ReLU stays;
+    the residual stream keeps every channel."""
+    torch.manual_seed(0)
+    model = _trained_like_bn(create_model("resnet20", 10, 1, width=0.5)).eval()
+    block = model.stages[0][0]
+    with torch.no_grad():
+        block.conv1.weight[[0, 1, 2]] = 0                       # Group-HS: whole filters zero ...
+        block.bn1.bias[[0, 1]] = -1.0                           # ... 0 and 1 silenced by the ReLU,
+        block.bn1.running_mean[[0, 1, 2]] = 0.0
+        block.bn1.bias[2] = 0.5                                 # ... 2 a constant 0.5 that passes it
+        block.bn1.weight[5] = block.bn1.bias[5] = 0             # LEC: a zero scale and shift
+        model.stages[1][0].conv1.weight[:] = 0                  # a whole block's first conv zero
+        model.stages[1][0].bn1.bias.fill_(-0.1)
+        model.stages[1][0].bn1.running_mean.zero_()
+    slim = deploy.slim(model)
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(slim(x), model(x), rtol=1e-5, atol=1e-5)
+    b = slim.stages[0][0]
+    assert (b.conv1.out_channels, b.bn1.num_features, b.conv2.in_channels) == (5, 5, 5)   # 8 - {0, 1, 5}
+    assert b.conv2.out_channels == 8 and slim.stem[0].out_channels == 8                  # the stream stays
+    assert slim.stages[1][0].conv1.out_channels == 16                                     # all zero: none removed
+    assert model.stages[0][0].conv1.out_channels == 8                                     # the model untouched
+
+
+def test_slim_of_network_slimming_removes_its_pruned_channels():
+    """LEC on cPreResNet20 (pre-activation blocks): the channels it prunes inside the blocks go."""
+    torch.manual_seed(0)
+    method = get_method("lec")(get_method("lec").Args())
+    model = _trained_like_bn(method.build(create_model("cpreresnet20", 10, 1, width=0.5))).eval()
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with method.at_level(model, 0.5):
+        slim = deploy.slim(model)
+        torch.testing.assert_close(slim(x), model(x), rtol=1e-5, atol=1e-5)
+        assert deploy.stored_weights(slim) < 0.75 * deploy.stored_weights(model)   # 54,792 -> 28,059 weights
+
+
 @pytest.mark.parametrize("method,budget", [("gmp", {"sparsity": 0.9}), ("str", None)])
 def test_sparse_export_equals_the_dense_masked_forward(method, budget):
     model = _lenet5()
