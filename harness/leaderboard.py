@@ -112,10 +112,10 @@ def entries(points, targets, tolerance):
                    "size_bits_mean": part.size_bits.mean(), "rows": ";".join(sorted(part.row.unique())),
                    "reason": ""}
             continue
-        for kind in (kind, "compression"):   # its own axis, then the one every method shares
-            for target in targets.get(kind, []):
-                per_seed = {s: at_target(p, kind, target, tolerance[kind]) for s, p in part.groupby("seed")}
-                yield {**where, "target_kind": kind, "target": target, **combine(per_seed)}
+        for axis_kind in (kind, "compression"):   # its own axis, then the one every method shares
+            for target in targets.get(axis_kind, []):
+                per_seed = {s: at_target(p, axis_kind, target, tolerance[axis_kind]) for s, p in part.groupby("seed")}
+                yield {**where, "target_kind": axis_kind, "target": target, **combine(per_seed)}
 
 
 def combine(per_seed):
