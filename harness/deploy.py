@@ -42,7 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from core.metrics import PRUNABLE_TYPES, prunable_layers
-from methods.channel_graph import norm_graph
+from methods.channel_graph import CHANNELWISE_MODULES, norm_graph
 from models import pretrained
 
 BATCHES = (1, 64)
@@ -105,9 +105,6 @@ def plain_copy(model):
 
 
 # -- slim: structured pruning made physical -------------------------------------------------------------
-_PASS_ZERO = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
-
-
 def _dead_outputs(layer):
     w = layer.weight.detach()
     dead = (w.flatten(1) == 0).all(1)
@@ -131,7 +128,7 @@ def slim(model, narrow=contextlib.nullcontext):
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq)):
             j = i + 1
-            while j < len(seq) and isinstance(seq[j], _PASS_ZERO):
+            while j < len(seq) and isinstance(seq[j], CHANNELWISE_MODULES):
                 j += 1
             producer = seq[i]
             if not isinstance(producer, PRUNABLE_TYPES) or j == len(seq) or not isinstance(seq[j], PRUNABLE_TYPES):

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from core.metrics import PRUNABLE_TYPES
 
 
-_CHANNELWISE_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
-_CHANNELWISE_CALLS = (F.relu, torch.relu, torch.flatten, "relu", "flatten")
+# ops after which a channel that is zero stays zero (deploy.slim reads them too)
+CHANNELWISE_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+_RELU_CALLS = (F.relu, torch.relu, "relu")
+_CHANNELWISE_CALLS = (*_RELU_CALLS, torch.flatten, "flatten")
 
 
 def norm_neighbours(model):
@@ -44,8 +46,8 @@ def norm_graph(model):
                 else:
                     closed = False
                 relu_first &= not first
-            elif isinstance(m, _CHANNELWISE_MODULES) or (u.op != "call_module" and u.target in _CHANNELWISE_CALLS):
-                relu_first &= not first or isinstance(m, nn.ReLU) or u.target in (F.relu, torch.relu, "relu")
+            elif isinstance(m, CHANNELWISE_MODULES) or (u.op != "call_module" and u.target in _CHANNELWISE_CALLS):
+                relu_first &= not first or isinstance(m, nn.ReLU) or u.target in _RELU_CALLS
                 stack.extend((v, False) for v in u.users)
             else:
                 closed = False
