@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "harness", "methods", "models", "data")
 COMMANDS = ("train", "evaluate")
 IDLE_S = 30            # a Snakemake run starts its next job within a second of the last (HARNESS_WARM_IDLE_S)
+SUN_PATH_BYTES = 108
 START_TIMEOUT_S = 120  # the server's imports take about 7 s on a quiet machine
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _HEADER = struct.Struct("!I")
@@ -54,7 +55,11 @@ def socket_path():
     for f in files:
         st = f.stat()
         h.update(f"{f}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
-    return Path(tempfile.gettempdir()) / f"harness-warm-{os.getuid()}" / f"{h.hexdigest()[:20]}.sock"
+    name = Path(f"harness-warm-{os.getuid()}") / f"{h.hexdigest()[:20]}.sock"
+    path = Path(tempfile.gettempdir()) / name
+    # a socket's path must fit in sun_path (108 bytes on Linux); a deep TMPDIR (a cluster job's
+    # scratch folder, pytest's) would leave every job without the server
+    return path if len(os.fsencode(path)) < SUN_PATH_BYTES else Path("/tmp") / name
 
 
 def reuse_freed_memory():

@@ -6,8 +6,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -22,9 +24,17 @@ SPEC = RunSpec(scale="smoke", paper="t", row="r", seed=3, method="gmp", model="l
                train={"epochs": 2, "batch_size": 50, "lr": 0.05}, budget={"sparsity": 0.5}, device="cpu")
 
 
-def harness_cmd(tmp_path, *argv, warm_on=True, **popen):
-    """`python -m harness ARGV` with a server of its own (sockets under tmp_path) that soon exits."""
-    env = {**os.environ, "TMPDIR": str(tmp_path), "HARNESS_WARM": "1" if warm_on else "0",
+@pytest.fixture
+def sockets():
+    """A temporary folder short enough for a socket's path (pytest's own can be too deep for one
+    under pytest-xdist, where the server would then use /tmp, shared with other runs)."""
+    with tempfile.TemporaryDirectory(prefix="hw-", dir="/tmp") as folder:
+        yield Path(folder)
+
+
+def harness_cmd(sockets, *argv, warm_on=True, **popen):
+    """`python -m harness ARGV` with a server of its own (sockets under `sockets`) that soon exits."""
+    env = {**os.environ, "TMPDIR": str(sockets), "HARNESS_WARM": "1" if warm_on else "0",
            "HARNESS_WARM_IDLE_S": "5", "HARNESS_NO_BAR": "1"}
     for k in ("RANK", "SLURM_JOB_ID", "HARNESS_WARM_CHILD"):
         env.pop(k, None)
@@ -32,8 +42,8 @@ def harness_cmd(tmp_path, *argv, warm_on=True, **popen):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
-def servers(tmp_path):
-    return list(tmp_path.glob(f"harness-warm-{os.getuid()}/*.sock"))
+def servers(sockets):
+    return list(sockets.glob(f"harness-warm-{os.getuid()}/*.sock"))
 
 
 def train_argv(out):
@@ -59,17 +69,24 @@ def test_an_edit_to_the_code_keys_a_new_server(tmp_path, monkeypatch):
     assert warm.socket_path() != before
 
 
+def test_a_temporary_folder_too_deep_for_a_socket_puts_it_under_tmp(monkeypatch, sockets):
+    monkeypatch.setattr(tempfile, "tempdir", str(sockets / ("d" * 100)))
+    assert warm.socket_path().parent == Path("/tmp") / f"harness-warm-{os.getuid()}"
+    monkeypatch.setattr(tempfile, "tempdir", str(sockets))
+    assert warm.socket_path().parent == sockets / f"harness-warm-{os.getuid()}"
+
+
 @pytest.mark.slow
-def test_a_job_through_the_server_is_the_job_in_its_own_process(tmp_path):
-    own = harness_cmd(tmp_path, *train_argv(tmp_path / "own"), warm_on=False)
+def test_a_job_through_the_server_is_the_job_in_its_own_process(tmp_path, sockets):
+    own = harness_cmd(sockets, *train_argv(tmp_path / "own"), warm_on=False)
     out_own, err_own = own.communicate(timeout=300)
     assert own.returncode == 0, err_own
-    assert not servers(tmp_path)
+    assert not servers(sockets)
     for name in ("cold", "warm"):   # the first starts the server, the second finds it
-        job = harness_cmd(tmp_path, *train_argv(tmp_path / name))
+        job = harness_cmd(sockets, *train_argv(tmp_path / name))
         out, err = job.communicate(timeout=300)
         assert job.returncode == 0, err
-        assert len(servers(tmp_path)) == 1
+        assert len(servers(sockets)) == 1
         assert [l for l in out.splitlines() if not l.startswith("epoch")] == \
                [l for l in out_own.splitlines() if not l.startswith("epoch")]
         hist = [json.loads((tmp_path / d / "train.json").read_text())["history"] for d in ("own", name)]
@@ -77,18 +94,18 @@ def test_a_job_through_the_server_is_the_job_in_its_own_process(tmp_path):
                [{k: h[k] for k in ("loss", "test_top1", "sparsity")} for h in hist[1]]
         points = [json.loads((tmp_path / d / "metrics.json").read_text())["points"] for d in (name, "own")]
         assert [deterministic_part(p) for p in points[0]] == [deterministic_part(p) for p in points[1]]
-    bad = harness_cmd(tmp_path, "train", "--spec", "{not json", "--out", str(tmp_path / "bad"))
+    bad = harness_cmd(sockets, "train", "--spec", "{not json", "--out", str(tmp_path / "bad"))
     out, err = bad.communicate(timeout=120)
     assert bad.returncode == 1 and err.startswith("error: --spec: not valid JSON") and err.count("\n") == 1
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_a_stopped_client_stops_its_job_and_frees_the_run_folder(tmp_path, how):
+def test_a_stopped_client_stops_its_job_and_frees_the_run_folder(tmp_path, sockets, how):
     out = tmp_path / "run"
     long = replace(SPEC, train={**SPEC.train, "epochs": 200})
     argv = ["train", "--spec", long.result_json(), "--out", str(out), "--threads", "1"]
-    job = harness_cmd(tmp_path, *argv)
+    job = harness_cmd(sockets, *argv)
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
