@@ -10,7 +10,8 @@ torch alone (no harness code):
           channels of the layers that read them, removed: a smaller dense network. Only where the
           producer feeds its consumer through channel-wise ops (ReLU, pooling, flatten) in a
           nn.Sequential, so a channel that is zero stays zero, and in conv-BN-ReLU-conv chains inside
-          blocks where the BN channel is zero whatever its input; residual streams keep theirs;
+          blocks where the BN channel is zero whatever its input; residual streams keep theirs, and
+          a BN reading one (pre-activation blocks) reads only the channels it keeps;
   sparse  unstructured: conv and linear weights in CSR (`torch.sparse_csr`), a conv run as unfold
           and a sparse x dense matmul; the rest dense;
   packed  quantized: per layer the distinct values as a codebook and the weights as packed
@@ -146,26 +147,44 @@ def _slim_norm_chains(model):
     a BN channel whose output is zero whatever the input goes, with its filter and its consumers'
     input columns. Zero whatever the input: its scale is 0, or its filter is zero (a constant
     β - γ·μ/σ), and that constant is 0, or at most 0 where every path starts with a ReLU (Group-HS,
-    Group Lasso and LEC zero channels so). A BN that also feeds a residual sum keeps its channels."""
+    Group Lasso and LEC zero channels so). A BN that reads a residual stream (a pre-activation
+    block's bn1) loses its zero-scale channels behind a channel selection, as the stream keeps them;
+    a BN that also feeds a residual sum keeps its channels."""
     try:
         chains = norm_graph(model)
     except Exception:   # a model fx cannot trace keeps its norms (slim then does what it did above)
         return model
     for name, (producer, consumers, closed, relu_first) in chains.items():
         bn = model.get_submodule(name)
-        if not (producer and closed and bn.affine and bn.track_running_stats):
+        if not (closed and bn.affine and bn.track_running_stats):
             continue
-        conv = model.get_submodule(producer)
         gamma, beta = bn.weight.detach(), bn.bias.detach()
         constant = torch.where(gamma == 0, beta, beta - gamma * bn.running_mean / torch.sqrt(bn.running_var + bn.eps))
         silent = constant <= 0 if relu_first else constant == 0
-        keep = (~((gamma == 0) | _dead_outputs(conv)) | ~silent).nonzero().flatten()
-        if 0 < len(keep) < len(gamma):
-            _replace(model, producer, _rows(conv, keep))
+        # with no conv of its own (its input a residual stream) only a zero scale makes a channel constant
+        dead = (gamma == 0) | (_dead_outputs(model.get_submodule(producer)) if producer else False)
+        keep = (~dead | ~silent).nonzero().flatten()
+        if not 0 < len(keep) < len(gamma):
+            continue
+        if producer:
+            _replace(model, producer, _rows(model.get_submodule(producer), keep))
             _replace(model, name, _norm_rows(bn, keep))
-            for c in consumers:
-                _replace(model, c, _columns(model.get_submodule(c), keep, len(gamma)))
+        else:     # the stream keeps its channels: the norm reads the ones it keeps
+            _replace(model, name, nn.Sequential(SelectChannels(keep), _norm_rows(bn, keep)))
+        for c in consumers:
+            _replace(model, c, _columns(model.get_submodule(c), keep, len(gamma)))
     return model
+
+
+class SelectChannels(nn.Module):
+    """x[:, keep]: the channels of a tensor that a slimmed layer reads (a residual stream keeps them all)."""
+
+    def __init__(self, keep):
+        super().__init__()
+        self.register_buffer("keep", keep.clone())
+
+    def forward(self, x):
+        return x.index_select(1, self.keep)
 
 
 def _norm_rows(bn, keep):

@@ -107,7 +107,31 @@ def test_slim_of_network_slimming_removes_its_pruned_channels():
     with method.at_level(model, 0.5):
         slim = deploy.slim(model)
         torch.testing.assert_close(slim(x), model(x), rtol=1e-5, atol=1e-5)
-        assert deploy.stored_weights(slim) < 0.75 * deploy.stored_weights(model)   # 54,792 -> 28,059 weights
+        assert deploy.stored_weights(slim) < 0.5 * deploy.stored_weights(model)    # 54,792 -> 25,326 weights
+        assert any(isinstance(m, deploy.SelectChannels) for m in slim.modules())    # blocks' bn1 too
+
+
+def test_slim_of_a_norm_reading_the_residual_stream_selects_the_channels_it_keeps(tmp_path):
+    """A pre-activation block's bn1 reads the stream, which keeps every channel: a channel of zero
+    scale whose shift the ReLU silences goes from the norm and from the convs reading it, behind a
+    channel selection; one whose shift passes the ReLU stays."""
+    torch.manual_seed(0)
+    model = _trained_like_bn(create_model("cpreresnet20", 10, 1, width=0.5)).eval()
+    block = model.stages[1][0]                      # a downsampling block: its downsample reads the stream
+    with torch.no_grad():
+        block.bn1.weight[[0, 1, 2]] = 0
+        block.bn1.bias[[0, 1]] = torch.tensor([0.0, -0.3])   # silenced
+        block.bn1.bias[2] = 0.4                              # a constant that passes the ReLU
+    stream = block.bn1.num_features
+    slim = deploy.slim(model)
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(slim(x), model(x), rtol=1e-5, atol=1e-5)
+    b = slim.stages[1][0]
+    assert isinstance(b.bn1[0], deploy.SelectChannels) and b.bn1[1].num_features == stream - 2
+    assert b.conv1.in_channels == stream - 2 and b.downsample.in_channels == stream
+    assert slim.stages[0][-1].conv3.out_channels == stream             # the stream stays whole
+    deploy.save("slim", model, slim, x, tmp_path / "slim.pt")
+    torch.testing.assert_close(torch.jit.load(tmp_path / "slim.pt")(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("method,budget", [("gmp", {"sparsity": 0.9}), ("str", None)])
