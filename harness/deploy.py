@@ -75,15 +75,24 @@ def deterministic_part(point):
 # -- which compression a model carries -----------------------------------------------------------------
 def compression_kind(layers, storage):
     """`quantized` when some layer stores fewer than 32 bits a weight; `structured` when most of the
-    zero weights lie in whole zero output groups (filters, neurons); `unstructured` when some
-    weights are zero otherwise; else `dense`. From `layer_sparsity` rows and the method's `storage`."""
+    zero weights lie in whole zero groups: output groups (filters, neurons) or input groups (the
+    columns reading a pruned channel, which LEC and network slimming zero with its norm); `unstructured`
+    when some weights are zero otherwise; else `dense`. From `layer_sparsity` rows and the method's
+    `storage`."""
     if any(bits < 32 for bits, _ in storage):
         return "quantized"
     zeros = sum(r["params"] - r["nonzero"] for r in layers)
     if not zeros:
         return "dense"
-    in_dead_groups = sum((r["out_groups"] - r["out_alive"]) * r["params"] // r["out_groups"] for r in layers)
-    return "structured" if in_dead_groups >= zeros / 2 else "unstructured"
+    return "structured" if sum(map(_in_dead_groups, layers)) >= zeros / 2 else "unstructured"
+
+
+def _in_dead_groups(r):
+    """The weights of a layer that lie in a dead output group or a dead input group (rows and
+    columns of its (out, in, kernel) weight; those in both are counted once)."""
+    rows, cols = r["out_groups"] - r["out_alive"], r["in_groups"] - r["in_alive"]
+    kernel = r["params"] // (r["out_groups"] * r["in_groups"])
+    return (rows * r["in_groups"] + cols * r["out_groups"] - rows * cols) * kernel
 
 
 def plain_copy(model):
@@ -114,11 +123,20 @@ def _dead_outputs(layer):
     return dead
 
 
+def _dead_inputs(layer, channels):
+    """The input channels of `layer` (`channels` of them; a flattened feature map gives each several
+    columns) that no weight reads: their producer's filters compute nothing used."""
+    w = layer.weight.detach()
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        return torch.zeros(channels, dtype=torch.bool)
+    return (w.transpose(0, 1).reshape(channels, -1) == 0).all(1)
+
+
 def slim(model, narrow=contextlib.nullcontext):
     """The smaller network: the weights `narrow()` gives (a method's own narrow network, e.g. LCS's
-    width slices), then, in every nn.Sequential, the zero output groups of a conv/linear layer whose
-    output reaches the next conv/linear layer through zero-preserving ops only removed, with that
-    layer's input columns. The outputs are those of `model` (the removed channels were zero)."""
+    width slices), then, in every nn.Sequential, the channels between a conv/linear layer and the
+    next conv/linear layer (through zero-preserving ops only) that are zero (a zero filter) or unread
+    (zero input columns in the next layer) removed from both. The outputs are those of `model`."""
     with narrow():
         model = plain_copy(model)
     for layer in model.modules():   # sliced weights: the layers' channel counts follow them
@@ -134,8 +152,9 @@ def slim(model, narrow=contextlib.nullcontext):
             producer = seq[i]
             if not isinstance(producer, PRUNABLE_TYPES) or j == len(seq) or not isinstance(seq[j], PRUNABLE_TYPES):
                 continue
-            keep = (~_dead_outputs(producer)).nonzero().flatten()
-            if 0 < len(keep) < producer.weight.shape[0]:
+            unused = _dead_outputs(producer) | _dead_inputs(seq[j], producer.weight.shape[0])
+            keep = _kept((~unused).nonzero().flatten())
+            if len(keep) < producer.weight.shape[0]:
                 seq[i] = _rows(producer, keep)
                 seq[j] = _columns(seq[j], keep, producer.weight.shape[0])
     return _slim_norm_chains(model)
@@ -163,8 +182,8 @@ def _slim_norm_chains(model):
         silent = constant <= 0 if relu_first else constant == 0
         # with no conv of its own (its input a residual stream) only a zero scale makes a channel constant
         dead = (gamma == 0) | (_dead_outputs(model.get_submodule(producer)) if producer else False)
-        keep = (~dead | ~silent).nonzero().flatten()
-        if not 0 < len(keep) < len(gamma):
+        keep = _kept((~dead | ~silent).nonzero().flatten())
+        if len(keep) == len(gamma):
             continue
         if producer:
             _replace(model, producer, _rows(model.get_submodule(producer), keep))
@@ -174,6 +193,11 @@ def _slim_norm_chains(model):
         for c in consumers:
             _replace(model, c, _columns(model.get_submodule(c), keep, len(gamma)))
     return model
+
+
+def _kept(keep):
+    """The channels to keep, at least one: a layer with every channel dead keeps one (zero) channel."""
+    return keep if len(keep) else torch.zeros(1, dtype=torch.long)
 
 
 class SelectChannels(nn.Module):

@@ -37,6 +37,19 @@ def test_slim_export_computes_the_masked_outputs_with_fewer_parameters():
     assert model[0].out_channels == 20   # the model itself is untouched
 
 
+def test_slim_removes_channels_no_weight_reads():
+    """A live filter whose output the next layer never reads (its input columns zero, as magnitude
+    pruning leaves them at high sparsity) goes, with those columns."""
+    model = _lenet5()
+    with torch.no_grad():
+        model[3].weight[:, [2, 6]] = 0                          # conv2 reads none of conv1's channels 2 and 6
+        model[7].weight.view(500, 50, 16)[:, [0, 9, 11]] = 0    # fc1 reads none of conv2's channels 0, 9, 11
+    slim = deploy.slim(model)
+    torch.testing.assert_close(slim(_x()), model(_x()), rtol=1e-5, atol=1e-6)
+    assert (slim[0].out_channels, slim[3].in_channels, slim[3].out_channels) == (18, 18, 47)
+    assert slim[7].in_features == 47 * 16
+
+
 @pytest.mark.parametrize("name,norm", [("lcs_p", "IN"), ("us", "BN")])
 def test_slim_export_of_an_lcs_width_is_the_narrow_network(name, norm, tmp_path):
     torch.manual_seed(0)
@@ -75,7 +88,7 @@ def _trained_like_bn(model):
 def test_slim_removes_dead_channels_inside_residual_blocks():
     """Channels of a block's first conv that are zero whatever the input go (its filter zero and
     relu(beta - gamma*mean/sd) = 0, or gamma = beta = 0); one whose constant passes the ReLU stays;
-    the residual stream keeps every channel."""
+    the residual stream keeps every channel; a conv whose every channel is dead keeps one."""
     torch.manual_seed(0)
     model = _trained_like_bn(create_model("resnet20", 10, 1, width=0.5)).eval()
     block = model.stages[0][0]
@@ -94,7 +107,7 @@ def test_slim_removes_dead_channels_inside_residual_blocks():
     b = slim.stages[0][0]
     assert (b.conv1.out_channels, b.bn1.num_features, b.conv2.in_channels) == (5, 5, 5)   # 8 - {0, 1, 5}
     assert b.conv2.out_channels == 8 and slim.stem[0].out_channels == 8                  # the stream stays
-    assert slim.stages[1][0].conv1.out_channels == 16                                     # all zero: none removed
+    assert slim.stages[1][0].conv1.out_channels == 1                                      # all dead: one stays
     assert model.stages[0][0].conv1.out_channels == 8                                     # the model untouched
 
 
@@ -109,6 +122,16 @@ def test_slim_of_network_slimming_removes_its_pruned_channels():
         torch.testing.assert_close(slim(x), model(x), rtol=1e-5, atol=1e-5)
         assert deploy.stored_weights(slim) < 0.5 * deploy.stored_weights(model)    # 54,792 -> 25,326 weights
         assert any(isinstance(m, deploy.SelectChannels) for m in slim.modules())    # blocks' bn1 too
+        # its zeros lie in the pruned channels' filters and in the columns reading them: structured
+        assert deploy.compression_kind(layer_sparsity(model), [(32, 1)]) == "structured"
+
+
+def test_zeros_in_whole_rows_or_columns_are_structured_counted_once():
+    row = {"params": 4 * 3 * 9, "out_groups": 4, "in_groups": 3}
+    dead = lambda rows, cols, nonzero: [{**row, "out_alive": 4 - rows, "in_alive": 3 - cols, "nonzero": nonzero}]
+    assert deploy._in_dead_groups(dead(1, 1, 0)[0]) == (3 + 4 - 1) * 9     # a filter and a channel: 6 kernels
+    assert deploy.compression_kind(dead(0, 1, 108 - 36), [(32, 1)]) == "structured"      # a dead input channel
+    assert deploy.compression_kind(dead(0, 0, 108 - 36), [(32, 1)]) == "unstructured"    # zeros scattered
 
 
 def test_slim_of_a_norm_reading_the_residual_stream_selects_the_channels_it_keeps(tmp_path):
