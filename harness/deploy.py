@@ -6,8 +6,9 @@ Formats (`export`); the runnable ones are saved as TorchScript, which `torch.jit
 torch alone (no harness code):
 
   dense   the model as evaluated, every compression multiplied into float32 weights (the baseline);
-  slim    structured: conv filters and linear neurons that are zero (with their bias), and the input
-          channels of the layers that read them, removed: a smaller dense network. Only where the
+  slim    structured: conv filters and linear neurons that are zero (with their bias) or that no
+          weight of the next layer reads, and the input channels of the layers that read them,
+          removed: a smaller dense network. Only where the
           producer feeds its consumer through channel-wise ops (ReLU, pooling, flatten) in a
           nn.Sequential, so a channel that is zero stays zero, and in conv-BN-ReLU-conv chains inside
           blocks where the BN channel is zero whatever its input; residual streams keep theirs, and
