@@ -29,6 +29,10 @@ def _atomic(path, write):
         raise
 
 
+def save_bytes(data, path):
+    _atomic(path, lambda f: f.write(data))
+
+
 def save_torch(obj, path):
     import torch  # here, not at the top: tables and checks write CSV without loading torch
     _atomic(path, lambda f: torch.save(obj, f))

@@ -3,7 +3,6 @@ import contextlib
 import gzip
 import io
 import math
-import os
 import pickle
 import subprocess
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from core import io as atomic_io
+from core.paths import cache_dir
 
 from .registry import DataError, DataInfo, DataMissing, register_dataset
 
@@ -39,8 +39,7 @@ def read_idx(path):
 
 def decoded_cache(path, min_bytes=1 << 20):
     """Where the decoded array of a gzipped IDX file of at least `min_bytes` is kept
-    ($HARNESS_CACHE, by default $XDG_CACHE_HOME/compression-harness or ~/.cache/compression-harness;
-    then idx/), named by the file's name, size and modification time, so a replaced file is decoded
+    (core.paths.cache_dir()/idx), named by the file's name, size and modification time, so a replaced file is decoded
     again; None for a smaller or plain file."""
     if path.suffix != ".gz":
         return None
@@ -50,9 +49,7 @@ def decoded_cache(path, min_bytes=1 << 20):
         return None
     if st.st_size < min_bytes:
         return None
-    root = os.environ.get("HARNESS_CACHE") or \
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compression-harness"
-    return Path(root) / "idx" / f"{path.name[:-3]}-{st.st_size}-{st.st_mtime_ns}.npy"
+    return cache_dir() / "idx" / f"{path.name[:-3]}-{st.st_size}-{st.st_mtime_ns}.npy"
 
 
 def _decode_idx(path):

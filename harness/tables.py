@@ -8,21 +8,24 @@ row's model and dataset to its own (`models:` / `datasets:`, with "*" for every 
 Every mistake is reported as one line: `<file>: row '<row>': <what is wrong and how to fix it>`."""
 import copy
 import functools
+import hashlib
+import importlib.metadata
 import itertools
+import json
+import os
+import pickle
 import re
 import types
 import typing
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-import data
-import methods
-import models
+from core import io
 from core.errors import HarnessError
-from core.paths import PAPERS_DIR, ROOT
+from core.paths import PAPERS_DIR, ROOT, cache_dir
 from core.registry import suggest
 from core.spec import RunSpec, TrainConfig
 
@@ -151,6 +154,7 @@ def check_settings(method, model, dataset, train=None, method_args=None, model_a
     """Every setting of one run, checked as a table row's are when the tables load; returns its
     (train, method_args) with YAML's strings read as numbers (1e-3). Raises ValueError or KeyError
     with one line naming the setting and the fix."""
+    import data, methods, models   # here, not at the top: they import torch (see cached_expand)
     models.check_model(model)
     models.check_model_args(model, model_args)
     data.check_dataset(dataset)
@@ -275,6 +279,7 @@ class PaperTable:
     def specs(self, scale, seeds, data_dir="data/downloads", device="auto", table_seeds=True, parity=False):
         """Every row of this table that exists at `scale`, as one RunSpec per seed; `parity_only`
         rows (the reference code's own recipe, run by the parity target) only with `parity`."""
+        import models   # here, not at the top: it imports torch (see cached_expand)
         scale_doc = self.doc["scales"][scale]
         if table_seeds:   # a table's own repeats (the leaderboard's) replace the config's
             seeds = scale_doc.get("seeds", seeds)
@@ -319,6 +324,7 @@ class PaperTable:
         return out
 
     def _resolve(self, name, row, scale, scale_doc):
+        import data, models   # here, not at the top: they import torch (see cached_expand)
         settings = {k: v for k, v in row.items()
                     if k not in ("scales", "at_scales", "parity_only", "published", "notes")}
         scale_settings = {k: v for k, v in scale_doc.items() if k in ("train", "method_args", "model_args",
@@ -430,3 +436,73 @@ def runs_for(config, papers_dir=PAPERS_DIR, scale=None):
     for table in tables.values():
         runs += table.specs(scale or config["scale"], config["seeds"], config["data_dir"], config["device"])
     return tables, runs
+
+
+# -- the workflow's runs, kept between Snakemake starts ----------------------------------------------
+# what an expansion reads besides the config: the tables and their schema, STR's budget files, and the
+# code that checks and expands them (the registries' argument defaults become run settings)
+EXPANSION_INPUTS = (("config/papers", "*.yaml"), ("config", "paper.schema.yaml"), ("budgets", "*"),
+                    ("core", "*.py"), ("data", "*.py"), ("methods", "*.py"), ("models", "*.py"), ("harness", "tables.py"))
+KEPT_EXPANSIONS = 64   # the most recently used ones; older ones are deleted
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """What the workflow needs of the tables at one scale: the enabled tables' runs, the parity
+    target's runs, and {(paper, row, seed): the shared dense model's spec} of every run of either
+    that starts from `pretrain`."""
+    runs: list
+    parity: list
+    pretrain: dict
+
+
+def expand(config, scale=None, papers_dir=PAPERS_DIR):
+    scale = scale or config["scale"]
+    tables, runs = runs_for(config, papers_dir, scale)
+    parity = [s for t in tables.values() for s in t.parity_specs(scale)]
+    pretrain = {(s.paper, s.row, str(s.seed)): tables[s.paper].pretrain_spec(s)
+                for s in [*parity, *runs] if s.init == "pretrain"}
+    return Expansion(runs, parity, pretrain)
+
+
+def cached_expand(config, scale=None):
+    """expand(), kept in the harness's cache folder under a digest of all it reads (EXPANSION_INPUTS,
+    the config, the scale, torch's and torchvision's versions). Snakemake parses the workflow at every
+    start (a dry run, each cluster job), and checking the rows imports torch with the registries: 4 of
+    a dry run's 8.6 s. A table that fails is not kept: it fails the same way next time."""
+    path = cache_dir() / "expansions" / f"{_expansion_digest(config, scale)}.pickle"
+    try:
+        expansion = pickle.loads(path.read_bytes())
+        os.utime(path)   # recently used: kept
+        return expansion
+    except Exception:   # none yet, or unreadable (cut short, another Python): expand again
+        pass
+    expansion = expand(config, scale)
+    try:
+        io.save_bytes(pickle.dumps(expansion), path)
+        for old in sorted(path.parent.glob("*.pickle"), key=_mtime, reverse=True)[KEPT_EXPANSIONS:]:
+            old.unlink(missing_ok=True)
+    except OSError:   # a read-only cache folder: expand every time
+        pass
+    return expansion
+
+
+def _expansion_digest(config, scale):
+    h = hashlib.sha256(json.dumps([config, scale], sort_keys=True, default=repr).encode())
+    for package in ("torch", "torchvision"):
+        try:
+            h.update(f"{package}={importlib.metadata.version(package)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    for folder, pattern in EXPANSION_INPUTS:
+        for f in sorted(f for f in (ROOT / folder).glob(pattern) if f.is_file()):
+            h.update(f"\0{f.relative_to(ROOT)}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _mtime(path):
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

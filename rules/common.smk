@@ -9,9 +9,8 @@ sys.path.insert(0, workflow.basedir)
 
 from snakemake.utils import validate
 
-import data
 from core.errors import HarnessError
-from harness.tables import SCALES, TableError, runs_for, paper_names
+from harness.tables import SCALES, TableError, cached_expand
 from core import io, locks, scheduling
 
 
@@ -51,10 +50,11 @@ if workflow.is_main_process:   # not in a cluster job's own Snakemake
         print(_note, file=sys.stderr)
 
 SCALE = config["scale"]
-try:
-    TABLES, RUNS = runs_for(config)
+try:   # the runs of the enabled tables; unchanged tables and code are not expanded again (no torch import)
+    EXPANSION = cached_expand(config)
 except TableError as err:
     _die(str(err))
+RUNS = EXPANSION.runs
 
 # every rule's wildcards: a run folder is results/runs/<scale>/<paper>/<row>/seed<seed>
 wildcard_constraints:
@@ -68,13 +68,9 @@ DATA_DIR, DEVICE = config["data_dir"], config["device"]   # where and on what: n
 TABLES_CSV = "results/tables.csv"
 RUN_DIR = "results/runs/{scale}/{paper}/{row}/seed{seed}"
 # the parity target's runs: rows with the reference code's values, at as many seeds as it ran
-PARITY_RUNS = [s for t in TABLES.values() for s in t.parity_specs(SCALE)]
+PARITY_RUNS = EXPANSION.parity
 SPECS = {(s.paper, s.row, str(s.seed)): s for s in [*PARITY_RUNS, *RUNS]}
-PRETRAIN = {}
-for _s in SPECS.values():
-    if _s.init == "pretrain":
-        _p = TABLES[_s.paper].pretrain_spec(_s)
-        PRETRAIN[(_p.paper, _p.row, str(_p.seed))] = _p
+PRETRAIN = {(p.paper, p.row, str(p.seed)): p for p in EXPANSION.pretrain.values()}
 
 
 def _init_key(spec):
@@ -82,7 +78,7 @@ def _init_key(spec):
     published weights (loaded by the job)."""
     if spec.init in (None, "torchvision"):
         return None
-    row = TABLES[spec.paper].pretrain_spec(spec).row if spec.init == "pretrain" else spec.init
+    row = EXPANSION.pretrain[(spec.paper, spec.row, str(spec.seed))].row if spec.init == "pretrain" else spec.init
     return spec.paper, row, str(spec.seed)
 
 
@@ -133,7 +129,7 @@ def other_scale_metrics():
         if scale == SCALE:
             continue
         try:
-            found += [f for f in metrics_files(runs_for(config, scale=scale)[1]) if os.path.exists(f)]
+            found += [f for f in metrics_files(cached_expand(config, scale).runs) if os.path.exists(f)]
         except TableError:
             pass
     return found
@@ -143,6 +139,7 @@ def _folder_data_missing(spec):
     """Why a run's data set cannot be found, or None. Only folder data sets (ImageNet) are looked
     for here, as their loader just locates the folders; the job itself reads, or downloads, the
     data sets held in memory (MNIST, CIFAR-10)."""
+    import data   # here, not at the top: a parse imports no torch
     args = dict(spec.dataset_args)
     if data.dataset_info(spec.dataset, **args).in_memory:
         return None

@@ -1,9 +1,14 @@
 """Paper tables: expansion, and one clear line for every kind of mistake."""
 import copy
+import json
+import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
 
+from harness import tables
 from harness.tables import PaperTable, TableError, load_tables, runs_for
 
 BASE = {
@@ -159,3 +164,39 @@ def test_a_reference_entry_per_row_or_per_level_is_accepted(tmp_path):
                             "dense": {**entry, "levels": {0.25: {"top1": {"mean": 70.0, "std": 1.0, "n": 3},
                                                                  "sparsity": 0.5}}}}}
     assert len(table(tmp_path, lambda d: d.update(reference=reference)).specs("laptop", [0])) == 2
+
+
+CONFIG = {"papers": ["gmp", "hoyer"], "seeds": [0], "scale": "laptop", "data_dir": "data/downloads", "device": "auto"}
+
+
+def test_the_workflows_expansion_is_kept_until_a_table_code_or_the_config_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    kept = tables.cached_expand(CONFIG)                                     # expanded, and kept
+    assert kept.runs and kept.parity and kept.pretrain
+    calls = []
+    monkeypatch.setattr(tables, "expand", lambda *args: calls.append(args) or kept)
+    assert tables.cached_expand(CONFIG) == kept and calls == []          # read back, not expanded
+    tables.cached_expand({**CONFIG, "seeds": [0, 1]})
+    tables.cached_expand(CONFIG, "smoke")
+    assert len(calls) == 2
+    root = tmp_path / "root"   # a copy of what an expansion reads, with one table edited
+    for folder, pattern in tables.EXPANSION_INPUTS:
+        for f in (tables.ROOT / folder).glob(pattern):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, root / folder / f.name)
+    monkeypatch.setattr(tables, "ROOT", root)
+    tables.cached_expand(CONFIG)
+    assert len(calls) == 2                                                 # the same bytes: kept
+    with open(root / "config" / "papers" / "gmp.yaml", "a") as f:
+        f.write("\n# edited\n")
+    tables.cached_expand(CONFIG)
+    assert len(calls) == 3
+
+
+def test_a_kept_expansion_is_read_without_importing_torch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    runs = tables.cached_expand(CONFIG).runs   # kept by this process, which has imported torch already
+    code = ("import json, sys; from harness.tables import cached_expand; "
+            f"print(len(cached_expand(json.loads({json.dumps(json.dumps(CONFIG))})).runs), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tables.ROOT, capture_output=True, text=True)
+    assert out.stdout.split() == [str(len(runs)), "False"], out.stderr   # what a Snakemake start does
