@@ -1,5 +1,5 @@
 """Where the project's own files are: paths in paper tables (e.g. a budget CSV) are relative to
-the project root, whatever folder a job runs in."""
+the project root, whatever folder a job runs in; and where the harness keeps what it can make again."""
 import os
 from pathlib import Path
 
