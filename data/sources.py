@@ -38,9 +38,9 @@ def read_idx(path):
 
 
 def decoded_cache(path, min_bytes=1 << 20):
-    """Where the decoded array of a gzipped IDX file of at least `min_bytes` is kept
-    (core.paths.cache_dir()/idx), named by the file's name, size and modification time, so a replaced file is decoded
-    again; None for a smaller or plain file."""
+    """Where the decoded array of a gzipped IDX file of at least `min_bytes` is kept (in
+    core.paths.cache_dir()/idx), named by the file's name, size and modification time, so a replaced
+    file is decoded again; None for a smaller or plain file."""
     if path.suffix != ".gz":
         return None
     try:

@@ -480,9 +480,10 @@ def cached_expand(config, scale=None):
     expansion = expand(config, scale)
     try:
         io.save_bytes(pickle.dumps(expansion), path)
-        for old in sorted(path.parent.glob("*.pickle"), key=_mtime, reverse=True)[KEPT_EXPANSIONS:]:
+        for old in sorted(path.parent.glob("*.pickle"), key=lambda f: f.stat().st_mtime,
+                          reverse=True)[KEPT_EXPANSIONS:]:
             old.unlink(missing_ok=True)
-    except OSError:   # a read-only cache folder: expand every time
+    except OSError:   # a read-only cache folder (expand every time), or an entry another start removed
         pass
     return expansion
 
@@ -499,10 +500,3 @@ def _expansion_digest(config, scale):
             h.update(f"\0{f.relative_to(ROOT)}\0".encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:32]
-
-
-def _mtime(path):
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
