@@ -67,20 +67,28 @@ def count_params(model):
 
 
 @torch.no_grad()
-def flops(model, input_shape, layers=None, device="cpu"):
-    """Dense and sparse MACs of one forward pass of a single input of `input_shape`."""
-    layers = layers if layers is not None else layer_sparsity(model)
+def dense_macs(model, input_shape, device="cpu"):
+    """MACs of one forward pass of a single input of `input_shape`: {module path: MACs} and the total.
+    Zeroed weights and channels count in full: these depend on the network's shapes only, so one
+    count serves every evaluation point of a model (LCS: 7-14 levels, each count a forward pass)."""
     was_training = model.training
     model.eval()
     with FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *input_shape, device=device))
     model.train(was_training)
-    per_module = counter.get_flop_counts()
+    per_module = {name: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}
+    return per_module, counter.get_total_flops() / 2
+
+
+def flops(model, input_shape, layers=None, device="cpu", counted=None):
+    """Dense and sparse MACs of one forward pass of a single input of `input_shape`; `counted`: the
+    model's `dense_macs`, where the caller has them already."""
+    layers = layers if layers is not None else layer_sparsity(model)
+    per_module, dense_total = counted or dense_macs(model, input_shape, device)
     root = type(model).__name__
-    dense_total = counter.get_total_flops() / 2
     prunable_dense = sparse = 0.0
     for r in layers:
-        macs = sum(per_module.get(f"{root}.{r['layer']}", {}).values()) / 2
+        macs = per_module.get(f"{root}.{r['layer']}", 0.0)
         r["flops"] = macs
         prunable_dense += macs
         sparse += macs * (1.0 - r["sparsity"])

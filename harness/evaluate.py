@@ -8,7 +8,7 @@ import torch
 
 from core import io
 from core.budgets import write_budget_csv
-from core.metrics import accuracy, count_params, flops, layer_sparsity, model_size, sparsity_summary
+from core.metrics import accuracy, count_params, dense_macs, flops, layer_sparsity, model_size, sparsity_summary
 from harness import deploy
 from harness.building import load_trained, loaders_for, select_device
 
@@ -43,14 +43,16 @@ def evaluate(spec, model_path, out_path, threads=None, trained=None):
     train_json = Path(model_path).with_name("train.json")
     train = json.loads(train_json.read_text()) if train_json.exists() else {}
     points, dense, export = [], None, Path(out_path).parent / "export"
+    counted = None   # the network's dense MACs: the same at every point
     for i, level in enumerate(method.evaluation_points()):
         with method.at_level(model, level):
             acc = accuracy(model, test_loader, topk=(1, 5))
+            counted = counted or dense_macs(model, info.shape, device)
             layers = layer_sparsity(model)
             storage = method.storage(model, layers)
             point = {"level": level, "level_kind": method.level_kind if level is not None else None,
                      **acc, **sparsity_summary(layers), **model_size(layers, storage),
-                     **flops(model, info.shape, layers, device), "params": count_params(model),
+                     **flops(model, info.shape, layers, device, counted), "params": count_params(model),
                      "layers": layers}
             kind = deploy.compression_kind(layers, storage)
             name = "model" if level is None else f"level{i}"

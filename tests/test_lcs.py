@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 import models
-from core.metrics import flops, layer_sparsity, model_size, prunable_layers, sparsity_summary
+from core.metrics import dense_macs, flops, layer_sparsity, model_size, prunable_layers, sparsity_summary
 from core.schedules import LRSchedule
 from core.spec import RunSpec
 from harness.tables import PAPERS_DIR, PaperTable
@@ -303,6 +303,21 @@ def test_slimmed_network_equals_the_narrow_network():
         layers = layer_sparsity(full)
         assert sparsity_summary(layers)["nonzero_params"] == sum(m.weight.numel() for _, m in prunable_layers(narrow))
         assert flops(full, (1, 28, 28), layers)["flops"] == flops(narrow, (1, 28, 28))["flops"]
+
+
+@pytest.mark.parametrize("name,setting", [("lcs_l", "structured"), ("us", "structured"), ("lcs_p", "unstructured"),
+                                          ("lcs_l", "quantized")])
+def test_one_count_of_dense_macs_serves_every_level(name, setting):
+    """harness/evaluate.py counts a model's MACs once and reuses them at every level: each level's
+    sparse FLOPs from that count are those of a count at the level itself."""
+    model, method = built(name, setting=setting)
+    points = method.evaluation_points()
+    with method.at_level(model, points[0]):
+        counted = dense_macs(model, (1, 28, 28))
+    for level in points:
+        with method.at_level(model, level):
+            layers = layer_sparsity(model)
+            assert flops(model, (1, 28, 28), layers, counted=counted) == flops(model, (1, 28, 28), layers)
 
 
 def test_training_runs_narrow_with_the_numbers_of_the_masked_network():
