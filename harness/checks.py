@@ -22,8 +22,7 @@ Tolerances. A row's `published.tolerance`, else its table's `default_tolerance`,
 read in each metric's own terms: T accuracy points for top1/top5, T sparsity points (T/100 as a
 fraction) for sparsity, and T percent of the published value for flops, nonzero_params and
 compression (32-bit dense size / stored size, core.metrics.model_size), whose scale depends on the model. The budget
-check allows 1e-3, or a method class's own `sparsity_tolerance`."""
-import functools
+check allows 1e-3 (BUDGET_TOLERANCE) for every method."""
 
 import numpy as np
 import pandas as pd
@@ -150,15 +149,6 @@ def reference_lines(rows, references):
         yield _line(r, "reference", "top1", expected, r.top1, tolerance, status, reason)
 
 
-@functools.cache
-def budget_tolerance(method):
-    import methods  # torch comes with it: import only when a budget is checked
-    try:
-        return getattr(methods.get_method(method), "sparsity_tolerance", BUDGET_TOLERANCE)
-    except KeyError:  # a method since renamed or removed: its results are still checked
-        return BUDGET_TOLERANCE
-
-
 def size_budget_lines(rows):
     """Methods with a bit budget (ADMM): the stored size must not exceed it."""
     if "size_budget_bits" not in rows:
@@ -181,9 +171,8 @@ def budget_lines(rows):
             yield _line(r, "budget", "sparsity", target, r.sparsity, np.nan, NOT_COMPARABLE,
                         f"budget.{others[0]} is set too: the overall sparsity has no single target")
             continue
-        tolerance = budget_tolerance(r.method)
-        ok = abs(r.sparsity - target) <= tolerance
-        yield _line(r, "budget", "sparsity", target, r.sparsity, tolerance, PASS if ok else FAIL,
+        ok = abs(r.sparsity - target) <= BUDGET_TOLERANCE
+        yield _line(r, "budget", "sparsity", target, r.sparsity, BUDGET_TOLERANCE, PASS if ok else FAIL,
                     "" if ok else "achieved sparsity misses budget.sparsity")
 
 
