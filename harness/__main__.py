@@ -210,7 +210,8 @@ def _main_process():
     argv = sys.argv[1:]
     code = warm.run(argv) if warm.wanted(argv) else None
     if code is None:
-        warm.reuse_freed_memory()
+        if argv and argv[0] in warm.COMMANDS:   # the torch jobs (tables and figures gain nothing)
+            warm.reuse_freed_memory()
         code = main(argv)
     return code
 
