@@ -192,5 +192,7 @@ def per_model(rows, x, hue=None):
 
 def save(fig, stem):
     stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in (".png", ".pdf"):
-        fig.savefig(stem.with_suffix(suffix), dpi=150)
+    fig.savefig(stem.with_suffix(".png"), dpi=150)
+    # the layout the PNG was drawn with, kept: constrained layout would place every text again
+    fig.set_layout_engine("none")
+    fig.savefig(stem.with_suffix(".pdf"), dpi=150)
