@@ -122,24 +122,29 @@ def test_a_stopped_client_stops_its_job_and_frees_the_run_folder(tmp_path, socke
 
 
 REUSE_PROBE = """
-import resource, sys
-import torch
+import ctypes, resource, sys
 from harness import warm
 if sys.argv[1] == "set":
     warm.reuse_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_void_p,)
+def buffer(n=4 << 20):                   # 4 MiB, above glibc's default mmap threshold (torch's
+    p = libc.malloc(n)                   # CPU tensors come from the same malloc)
+    ctypes.memset(p, 1, n)
+    libc.free(p)
 for _ in range(5):                       # warm up: the first buffer's pages fault in once
-    torch.ones(1 << 20)
+    buffer()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(100):
-    torch.ones(1 << 20)                  # 4 MiB, above glibc's default mmap threshold
+    buffer()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_freed_tensor_memory_is_reused_without_faulting_its_pages_in_again():
-    """A 4 MiB tensor (1,024 pages) made 100 times after reuse_freed_memory: glibc hands the freed
-    memory back (1,000-5,000 page faults), not an mmap per tensor (~102,000, as the 4 GiB thresholds
+def test_freed_memory_is_reused_without_faulting_its_pages_in_again():
+    """A 4 MiB buffer (1,024 pages) made 100 times after reuse_freed_memory: glibc hands the freed
+    memory back (a page fault or so), not an mmap per buffer (~102,000, as the 4 GiB thresholds
     once asked for gave: C ints, 0)."""
     faults = int(subprocess.run([sys.executable, "-c", REUSE_PROBE, "set"], cwd=ROOT, capture_output=True,
                                 text=True, check=True).stdout)
