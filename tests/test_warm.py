@@ -122,10 +122,9 @@ def test_a_stopped_client_stops_its_job_and_frees_the_run_folder(tmp_path, socke
 
 
 REUSE_PROBE = """
-import ctypes, resource, sys
+import ctypes, resource
 from harness import warm
-if sys.argv[1] == "set":
-    warm.reuse_freed_memory()
+warm.reuse_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_void_p,)
 def buffer(n=4 << 20):                   # 4 MiB, above glibc's default mmap threshold (torch's
@@ -146,6 +145,6 @@ def test_freed_memory_is_reused_without_faulting_its_pages_in_again():
     """A 4 MiB buffer (1,024 pages) made 100 times after reuse_freed_memory: glibc hands the freed
     memory back (a page fault or so), not an mmap per buffer (~102,000, as the 4 GiB thresholds
     once asked for gave: C ints, 0)."""
-    faults = int(subprocess.run([sys.executable, "-c", REUSE_PROBE, "set"], cwd=ROOT, capture_output=True,
+    faults = int(subprocess.run([sys.executable, "-c", REUSE_PROBE], cwd=ROOT, capture_output=True,
                                 text=True, check=True).stdout)
     assert faults < 10 * 1024, faults
