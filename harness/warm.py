@@ -156,6 +156,7 @@ def serve(path):
     import torch._dynamo  # noqa: F401  (what every optimizer imports on its first use)
 
     import harness.evaluate  # noqa: F401
+    import harness.tables  # noqa: F401  (every job checks its --spec as the tables do: jsonschema, yaml)
     import harness.trainer  # noqa: F401
     torch.empty(0)   # nothing that starts OpenMP's threads: a forked child could not use them
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
