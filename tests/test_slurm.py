@@ -242,9 +242,20 @@ def test_paper_scale_jobs_ask_for_one_gpu(cluster, workdir):
                            *held, cluster=cluster)
     mine = lambda: [j for j in cluster.jobs("JobID", "State", "Reason", "tres-per-job", "Comment", "WorkDir")
                     if j["WorkDir"] == str(workdir)]
+    seen = []
+
+    def submissions_settled():
+        """Every job in the queue held, and the same ones as 2 s ago: a SIGINT while Snakemake is still
+        submitting can leave the job being submitted out of what it cancels (seen in a full suite)."""
+        held = sorted(j["JobID"] for j in mine() if j["Reason"] == "JobHeldUser")
+        settled = bool(held) and len(held) == len(mine()) and seen[-1:] == [held]
+        seen.append(held)
+        if not settled:
+            time.sleep(2)
+        return settled
+
     with stopped_on_exit(proc):
-        wait_for(lambda: any(j["Reason"] == "JobHeldUser" for j in mine()), "a held paper-scale job", proc,
-                 timeout=120)
+        wait_for(submissions_settled, "held paper-scale jobs", proc, timeout=120)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=300)   # cancelling waits on the plugin's status polling (seconds to minutes)
     # squeue may show a cancelled job PENDING a moment longer on a busy machine (seen once in a full suite)
