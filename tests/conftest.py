@@ -1,3 +1,4 @@
+import os
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,12 @@ sys.path.insert(0, str(ROOT))
 # Handled again here, the Snakemakes start with SIGINT's default, as from a terminal.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# Under pytest-xdist the workers share the cores: torch's default of one thread per core in each
+# worker (and in each job a workflow test starts) would oversubscribe them, OpenMP's threads spinning
+# against each other. One thread each, unless the caller chose.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 WORKFLOW_FILES = ["Snakefile", "config", "rules", "core", "harness", "methods", "models", "data", "profiles", "report",
                   "budgets"]
