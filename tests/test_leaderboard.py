@@ -27,15 +27,18 @@ def test_every_method_on_every_model_with_the_tables_seeds():
     assert {s.seed for s in specs} == {0, 1}                              # the table's seeds, not the config's
     per_model = Counter(s.model for s in specs)
     assert set(per_model) == {"lenet300-100", "lenet5-caffe", "resnet20"}
-    # LCS: conv models only; Hoyer-Square's weaker chain (3 rows): the LeNets only
-    assert per_model["lenet5-caffe"] == per_model["lenet300-100"] + 4 == per_model["resnet20"] + 6
+    # LCS (2 rows): conv models only; Hoyer-Square's weaker chain (3 rows): the LeNets only; its own
+    # chain's extra ratios: 3.0 on every model, 0.05 on ResNet-20
+    assert per_model["lenet5-caffe"] == per_model["lenet300-100"] + 4 == per_model["resnet20"] + 4
     lenet = {s.row for s in specs if s.model == "lenet5-caffe" and s.seed == 0}
     for row in ["lenet5-caffe-dense", "lenet5-caffe-gmp-0.5", "lenet5-caffe-gmp-0.96875", "lenet5-caffe-dnw-0.875",
                 "lenet5-caffe-admm-prune-0.5", "lenet5-caffe-admm-prune-0.03125", "lenet5-caffe-str-0.1",
                 "lenet5-caffe-hoyer_square-0.0001", "lenet5-caffe-hoyer_square-0.0001-std2.0",
                 "lenet5-caffe-hoyer_square-1e-05-weak-std0.1",
                 "lenet5-caffe-l1-3e-05-std1.5", "lenet5-caffe-tl1-3e-05-std2.5", "lenet5-caffe-hoyer-0.003-std2.0",
-                "lenet5-caffe-admm-quantize-3bit", "lenet5-caffe-admm-joint-0.5x8bit"]:
+                "lenet5-caffe-hoyer_square-0.0001-std3.0",
+                "lenet5-caffe-admm-quantize-1bit", "lenet5-caffe-admm-quantize-3bit", "lenet5-caffe-admm-quantize-8bit",
+                "lenet5-caffe-admm-joint-1.0x8bit", "lenet5-caffe-admm-joint-0.5x8bit", "lenet5-caffe-admm-joint-0.5x2bit"]:
         assert row in lenet, row
     methods = {s.method for s in specs}
     assert methods >= {"dense", "gmp", "dnw", "str", "l1", "hoyer", "hoyer_square", "tl1", "finetune", "admm", "lcs_p"}
