@@ -54,14 +54,15 @@ def training_precision(asked, device):
 
 
 def make_optimizer(cfg, groups):
-    # foreach: one fused call per group rather than one per tensor, which CUDA gets by default and
-    # the CPU does not; the same numbers bit for bit (SGD, Adam, AdamW), a third to half the step
+    # fused: one kernel per step over every tensor, on the CPU and CUDA alike (the default is a loop
+    # of per-tensor calls on the CPU); the same update up to float rounding (order of operations),
+    # an Adam step over LeNet-300-100 0.8 -> 0.3 ms, SGD with momentum over LeNet-5 0.5-0.7 -> 0.25 ms
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=True)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, foreach=True)
+        return torch.optim.Adam(groups, lr=cfg.lr, fused=True)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd, adam or adamw")
 
 
