@@ -46,7 +46,8 @@ def evaluate(spec, model_path, out_path, threads=None, trained=None):
     counted = None   # the network's dense MACs: the same at every point
     for i, level in enumerate(method.evaluation_points()):
         with method.at_level(model, level):
-            acc = accuracy(model, test_loader, topk=(1, 5))
+            with method.narrow(model):   # the same outputs; LCS's widths computed at their width
+                acc = accuracy(model, test_loader, topk=(1, 5))
             counted = counted or dense_macs(model, info.shape, device)
             layers = layer_sparsity(model)
             storage = method.storage(model, layers)

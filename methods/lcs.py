@@ -314,17 +314,17 @@ class SubspaceMethod(Method):
 
     @contextlib.contextmanager
     def narrow(self, model):
-        """The width-sliced weights the network trains with (SubspaceWeight in training mode), with
-        the norms and the rest of the model left in eval mode: the narrow network, whose outputs
-        are the masked full-width network's."""
-        slim = [p for p in self.weights if p.slim and not p.training]
+        """The width-sliced weights the network trains with, whatever the modules' train/eval mode:
+        the narrow network, whose outputs are the masked full-width network's, at a fraction of its
+        cost (the accuracy of a structured level; the slim export)."""
+        slim = [p for p in self.weights if p.slim and not p.sliced]
         for p in slim:
-            p.train()
+            p.sliced = True
         try:
             yield
         finally:
             for p in slim:
-                p.eval()
+                p.sliced = False
 
     def storage(self, model, layers):
         bits = {id(p): p.bits for p in self.weights if p.quantized}

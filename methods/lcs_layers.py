@@ -5,9 +5,10 @@ A `SubspaceWeight` parametrization turns a layer's stored weight into the weight
 uses: w(α) = (1-α)·w0 + α·w1 on a line (w1 is its own parameter; α=1 is the accurate end), then
 TopK (keep the `topk` fraction of largest |w| of this tensor), affine quantization to `bits`, and
 width slimming (keep the first max(1, round(C_out·width)) output channels and the producer's
-input channels; the first layer keeps its input, the last its outputs). While training, slimmed
-weights are sliced and the network runs narrow; in eval mode the dropped channels are zeroed
-instead, the same network in numbers, so that every metric sees the slimmed one
+input channels; the first layer keeps its input, the last its outputs). While training (or
+`sliced`: the method's `narrow` context) slimmed weights are sliced and the network runs narrow;
+otherwise the dropped channels are zeroed instead, the same network in numbers, so that every
+metric sees the slimmed one
 (`layer_sparsity` counts the zeros, `flops` scales the dense count by them, nothing counted
 twice). `SubspaceNorm` always slices (its statistics and running buffers cover only the live
 channels, as the reference's AdaptiveBN/IN do) and zero-pads a full-width input.
@@ -127,6 +128,7 @@ class SubspaceWeight(nn.Module):
             self.register_buffer("act_max", torch.zeros((), device=weight.device))
         self.alpha, self.topk, self.bits, self.width = 1.0, None, None, None
         self.quantize_inputs = self.restart_range = False
+        self.sliced = False     # run narrow outside training too (LCS `narrow`: accuracy, the slim export)
         self.folded_norm = ()   # (the BN this layer's output feeds,) when its scale is folded in
 
     def fold(self, norm):
@@ -156,7 +158,7 @@ class SubspaceWeight(nn.Module):
                 w = quantize_ste(w, self.bits)
         if self.slim and self.width is not None and self.width < 1.0:
             out_c, in_c = self.live_channels(w)
-            if self.training:        # the network runs narrow (cheaper); the same numbers as the mask
+            if self.training or self.sliced:   # the network runs narrow (cheaper); the same numbers as the mask
                 return w[:out_c, :in_c]
             mask = torch.zeros(w.shape[:2], dtype=w.dtype, device=w.device)
             mask[:out_c, :in_c] = 1

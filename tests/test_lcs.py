@@ -332,6 +332,27 @@ def test_training_runs_narrow_with_the_numbers_of_the_masked_network():
     assert model.eval().stem.weight.shape[0] == 8
 
 
+@pytest.mark.parametrize("name", ["us", "lcs_l"])
+def test_eval_under_narrow_is_the_masked_network_at_every_level(name):
+    """harness/evaluate.py takes a structured level's accuracy under `narrow`: the sliced network in
+    eval mode (BN with its running statistics sliced too), with the masked network's outputs."""
+    model, method = built(name, width=0.5, setting="structured")
+    x = torch.randn(8, 1, 28, 28)
+    model.train()
+    for _ in range(3):                   # running statistics that are not BN's initial ones
+        with torch.no_grad():
+            model(x + 1)
+    model.eval()
+    for level in method.evaluation_points():
+        with method.at_level(model, level), torch.no_grad():
+            masked = model(x)
+            with method.narrow(model):
+                sliced = model(x)
+                assert model.stem.weight.shape[0] == kept_channels(8, level)
+            assert model.stem.weight.shape[0] == 8
+        assert torch.allclose(masked, sliced, atol=1e-5), level
+
+
 def test_norm_statistics_of_dropped_channels_are_untouched():
     norm = SubspaceNorm("BN", 8)
     norm.width = 0.5
