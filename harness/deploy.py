@@ -384,11 +384,11 @@ def int8(model):
         return None
 
 
-def export(model, kind, narrow=contextlib.nullcontext):
+def export(model, kind, narrow=contextlib.nullcontext, dense=True):
     """{format: runnable module} for a model whose compression is `kind` (compression_kind): the
-    dense baseline and the format(s) that realise it. `narrow`: the method's narrow-network context
-    (Method.narrow) for `slim`."""
-    out = {"dense": plain_copy(model)}
+    dense baseline (unless not `dense`) and the format(s) that realise it. `narrow`: the method's
+    narrow-network context (Method.narrow) for `slim`."""
+    out = {"dense": plain_copy(model)} if dense else {}
     if kind == "structured":
         out["slim"] = slim(model, narrow)
     elif kind == "unstructured":
@@ -550,11 +550,9 @@ def _known_warnings_silenced():
 
 
 def _measure(model, kind, input_shape, device, folder, name, effort, dense, narrow):
-    out = {}
-    for fmt, module in export(model, kind, narrow).items():   # copies: `model` stays where it is
-        if fmt == "dense" and dense is not None:
-            out[fmt] = dense
-        elif fmt == "slim" and stored_weights(module) == out["dense"]["weights"]:
+    out = {} if dense is None else {"dense": dense}
+    for fmt, module in export(model, kind, narrow, dense=dense is None).items():   # copies: `model` stays
+        if fmt == "slim" and stored_weights(module) == out["dense"]["weights"]:
             out[fmt] = {**out["dense"], "same_as": "dense"}
         elif fmt == "packed":   # runs decoded: dense's network and timings, its own bytes
             path = folder / f"{name}-{fmt}.pt"
