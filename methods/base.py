@@ -139,8 +139,8 @@ class Method:
     def narrow(self, model):
         """Context in which the model's weights are those of the physically smaller network at the
         current level, for the accuracy at a level and the deployment export (harness/deploy.py
-        `slim`): for methods whose structured levels can run narrow (LCS's widths). Default: the model as it is; the export
-        then removes the zero channels it can find by itself."""
+        `slim`): for methods whose structured levels can run narrow (LCS's widths). Default: the
+        model as it is; the export then removes the zero channels it can find by itself."""
         return contextlib.nullcontext()
 
     def storage(self, model, layers):
