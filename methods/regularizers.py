@@ -26,60 +26,72 @@ from .base import Method, register_method
 
 
 class _AbsAndSquareSums(torch.autograd.Function):
-    """(sum|p|, sum p^2) of one tensor and, back, sign(p) g1 + 2 p g2 in one expression: autograd's
-    abs / pow / sum chain made DeepHoyer's regularizer cost twice LeNet-300-100's own step."""
+    """(sum|p|, sum p^2) of each tensor, as two vectors, and back sign(p) g1 + 2 p g2 per tensor in
+    one expression: autograd's abs / pow / sum chain made DeepHoyer's regularizer cost twice
+    LeNet-300-100's own step, and one node per tensor, with the per-tensor arithmetic after it,
+    a further 40 % of what is left (6 tensors: 0.82 -> 0.52 ms a forward and backward)."""
 
     @staticmethod
-    def forward(ctx, p):
+    def forward(ctx, *params):
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(p)
-        return torch.linalg.vector_norm(p, 1), torch.linalg.vector_norm(p, 2).square()
+        ctx.save_for_backward(*params)
+        # abs().sum(), as the reference writes it: vector_norm(p, 1) takes 4x as long on a CPU
+        return (torch.stack([p.abs().sum() for p in params]),
+                torch.stack([torch.linalg.vector_norm(p, 2) for p in params]).square_())
 
     @staticmethod
     def backward(ctx, g1, g2):
-        p, = ctx.saved_tensors
-        grad = torch.sign(p).mul_(g1) if g1 is not None else torch.zeros_like(p)
-        return grad if g2 is None else grad.addcmul_(p, 2 * g2)
+        params = ctx.saved_tensors
+        g1 = g1.unbind() if g1 is not None else [None] * len(params)
+        g2 = (2 * g2).unbind() if g2 is not None else [None] * len(params)
+        grads = []
+        for p, a, b in zip(params, g1, g2):
+            grad = torch.sign(p).mul_(a) if a is not None else torch.zeros_like(p)
+            grads.append(grad if b is None else grad.addcmul_(p, b))
+        return tuple(grads)
 
 
-def _sums(p):
-    """(sum|p|, sum p^2), the latter kept above 0 so that an all-zero tensor adds 0 and gets a zero
-    gradient (the reference skips it) without asking the device whether it is zero."""
-    s1, s2 = _AbsAndSquareSums.apply(p)
+def _sums(params):
+    """(sum|p|, sum p^2) per tensor, the latter kept above 0 so that an all-zero tensor adds 0 and
+    gets a zero gradient (the reference skips it) without asking the device whether it is zero."""
+    s1, s2 = _AbsAndSquareSums.apply(*params)
     return s1, s2.clamp_min(torch.finfo(s2.dtype).tiny)
 
 
-def l1(p):
-    return _sums(p)[0]
+# each takes one tensor or several and returns the sum of its value over them
+def l1(*params):
+    return _sums(params)[0].sum()
 
 
-def hoyer(p):
-    s1, s2 = _sums(p)
-    return s1 / s2.sqrt()
+def hoyer(*params):
+    s1, s2 = _sums(params)
+    return (s1 / s2.sqrt()).sum()
 
 
-def hoyer_square(p):
-    s1, s2 = _sums(p)
-    return s1 ** 2 / s2
+def hoyer_square(*params):
+    s1, s2 = _sums(params)
+    return (s1.square() / s2).sum()
 
 
 class _TransformedL1(torch.autograd.Function):
-    """sum 2|p| / (1 + |p|), and back 2 sign(p) / (1 + |p|)^2 g, in a few passes."""
+    """sum 2|p| / (1 + |p|) over the tensors, and back 2 sign(p) / (1 + |p|)^2 g, in a few passes."""
 
     @staticmethod
-    def forward(ctx, p):
-        ctx.save_for_backward(p)
-        a = p.abs()
-        return a.div_(a + 1).sum() * 2
+    def forward(ctx, *params):
+        ctx.save_for_backward(*params)
+        total = 0
+        for p in params:
+            a = p.abs()
+            total = total + a.div_(a + 1).sum()
+        return total * 2
 
     @staticmethod
     def backward(ctx, g):
-        p, = ctx.saved_tensors
-        return torch.sign(p).div_(p.abs().add_(1).square_()).mul_(2 * g)
+        return tuple(torch.sign(p).div_(p.abs().add_(1).square_()).mul_(2 * g) for p in ctx.saved_tensors)
 
 
-def tl1(p):
-    return _TransformedL1.apply(p)
+def tl1(*params):
+    return _TransformedL1.apply(*params)
 
 
 def group_norms(w, conv_groups="channel_filter"):
@@ -135,7 +147,7 @@ class Regularized(Method):
             return sum(fn(m.weight, self.args.conv_groups) for _, m in prunable_layers(model)
                        if m.weight.abs().sum() > 0)
         fn = ELEMENT[self.name]   # an all-zero tensor adds 0 (the reference skips it)
-        return sum(fn(p) for p in model.parameters() if p.requires_grad)
+        return fn(*[p for p in model.parameters() if p.requires_grad])
 
     def loss(self, model, outputs, base_loss):
         return base_loss + self.args.decay * self.regularizer(model)

@@ -195,3 +195,24 @@ def test_element_regularizers_value_and_gradient_are_the_formulas(name):
     value = ELEMENT[name](zero)
     value.backward()
     assert value.item() == 0 and torch.equal(zero.grad, torch.zeros(5))
+
+
+@pytest.mark.parametrize("name", ["l1", "hoyer", "hoyer_square", "tl1"])
+def test_element_regularizer_over_several_tensors_is_the_sum_over_each(name):
+    """The model's tensors go through one autograd node together; value and gradients are those of
+    each tensor alone, summed, an all-zero tensor among them included."""
+    fn = ELEMENT[name]
+    g = torch.Generator().manual_seed(1)
+    shapes = [(30, 78), (30,), (10, 30), (4,)]
+    tensors = [torch.randn(s, dtype=torch.float64, generator=g) for s in shapes]
+    tensors[3].zero_()
+    together = [t.clone().requires_grad_() for t in tensors]
+    alone = [t.clone().requires_grad_() for t in tensors]
+    a = fn(*together)
+    b = sum(fn(t) for t in alone)
+    (2 * a).backward()
+    (2 * b).backward()
+    assert torch.allclose(a, b, rtol=1e-12)
+    for x, y in zip(together, alone):
+        assert torch.allclose(x.grad, y.grad, rtol=1e-12, atol=1e-15)
+    assert torch.equal(together[3].grad, torch.zeros(4, dtype=torch.float64))
