@@ -1,7 +1,7 @@
 """Seconds per training epoch of a laptop recipe here and in the paper's own code, side by side.
 
     .venv/bin/python bench/versus_reference.py --deephoyer ~/src/DeepHoyer \\
-        [--admm ~/src/sparsity_quantization_joint] [--rounds 3] [--epochs 1 3] [--threads 1]
+        [--admm ~/src/sparsity_quantization_joint] [--rounds 3] [--epochs 1 5] [--threads 1] [--work DIR]
 
 Each recipe is one row of a paper table at laptop scale (RECIPES: DeepHoyer's LeNet-300-100
 Hoyer-Square row, ADMM's LeNet-5 160x row). Its reference command is the one bench/reference_runs.py
