@@ -8,13 +8,13 @@ Hoyer-Square row, ADMM's LeNet-5 160x row). Its reference command is the one ben
 derives from the row (the same images, batch, optimizer, lr and strength), run by that file's patched
 child; ours is `python -m harness train` on the same row, in a process of its own. Each side starts from
 its own table's dense model, trained once by its own code into --work and not timed (ADMM's lr
-diverges from a random start), and both run with `threads` threads.
+diverges from a random start), and both run on the CPU with `threads` threads.
 
 An epoch's cost is measured as a difference, (wall(E2 epochs) - wall(E1 epochs)) / (E2 - E1), of
 whole processes, so that start, imports, data loading and a final evaluation cancel and what remains
 is what each side does per epoch (the reference's per-epoch tests included, where it tests). Rounds
-alternate the two sides, so a machine whose speed drifts shows in the spread of the rounds, not as a
-bias. Prints the figures; asserts nothing."""
+alternate which side goes first, so a machine whose speed drifts shows in the spread of the rounds,
+not as a bias. Prints the figures; asserts nothing."""
 import argparse
 import dataclasses
 import json
@@ -49,7 +49,7 @@ def _harness_train(spec, out, threads, init=None):
     env = {**os.environ, "HARNESS_WARM": "0", "HARNESS_NO_BAR": "1",
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "harness", "train", "--spec", spec.to_json(), "--out", str(out),
-           "--threads", str(threads), *(["--init", str(init)] if init else [])]
+           "--threads", str(threads), "--device", "cpu", *(["--init", str(init)] if init else [])]
     tic = time.time()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.time() - tic
@@ -60,7 +60,7 @@ class Recipe:
 
     def __init__(self, paper, repos, work, threads):
         self.paper, self.row, self.repos, self.threads = paper, RECIPES[paper], repos, threads
-        self.work = Path(work) / paper
+        self.work = Path(work).resolve() / paper   # the harness runs from ROOT
         stages = reference_runs.plan(paper, [self.row])
         for name, stage in stages.items():       # the reference's starting model (a finished one is kept)
             reference_runs._OUTPUTS[(paper, name)] = stage.output
@@ -100,17 +100,22 @@ def main(argv=None):
     if not papers:
         ap.error("give --deephoyer and/or --admm: your clone of the paper's code")
     e1, e2 = a.epochs
-    if e2 <= e1:
-        ap.error("--epochs E1 E2 needs E2 > E1")
+    if not 1 <= e1 < e2:
+        ap.error("--epochs E1 E2 needs 1 <= E1 < E2")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""    # both sides on the CPU: the reference scripts take CUDA if they see it
     figures = {}
     for paper in papers:
         recipe = Recipe(paper, repos, a.work, a.threads)
         row = recipe.row
         for r in range(a.rounds):
             per_epoch = {}
-            for side, seconds in (("reference", recipe.reference_seconds), ("harness", recipe.harness_seconds)):
+            sides = [("reference", recipe.reference_seconds), ("harness", recipe.harness_seconds)]
+            for side, seconds in (sides if r % 2 == 0 else sides[::-1]):   # ABBA: a drift biases neither
                 walls = [seconds(e) for e in (e1, e2)]
                 per_epoch[side] = (walls[1] - walls[0]) / (e2 - e1)
+            if min(per_epoch.values()) <= 0:
+                sys.exit(f"{paper} round {r + 1}: {per_epoch}: an epoch is lost in the noise of starting a "
+                         f"process; give more epochs (--epochs)")
             ratio = per_epoch["reference"] / per_epoch["harness"]
             figures.setdefault(paper, []).append({**per_epoch, "ratio": ratio})
             print(f"{paper} {row} round {r + 1}: reference {per_epoch['reference']:.2f} s an epoch, "

@@ -18,6 +18,7 @@ channels and filters."""
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from core.metrics import prunable_layers
 from core.registry import check_choice
@@ -40,6 +41,7 @@ class _AbsAndSquareSums(torch.autograd.Function):
                 torch.stack([torch.linalg.vector_norm(p, 2) for p in params]).square_())
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g1, g2):
         params = ctx.saved_tensors
         g1 = g1.unbind() if g1 is not None else [None] * len(params)
@@ -54,6 +56,8 @@ class _AbsAndSquareSums(torch.autograd.Function):
 def _sums(params):
     """(sum|p|, sum p^2) per tensor, the latter kept above 0 so that an all-zero tensor adds 0 and
     gets a zero gradient (the reference skips it) without asking the device whether it is zero."""
+    if not params:                 # nothing to regularize adds 0
+        return torch.zeros(0), torch.ones(0)
     s1, s2 = _AbsAndSquareSums.apply(*params)
     return s1, s2.clamp_min(torch.finfo(s2.dtype).tiny)
 
@@ -86,6 +90,7 @@ class _TransformedL1(torch.autograd.Function):
         return total * 2
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         return tuple(torch.sign(p).div_(p.abs().add_(1).square_()).mul_(2 * g) for p in ctx.saved_tensors)
 

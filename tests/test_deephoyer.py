@@ -216,3 +216,4 @@ def test_element_regularizer_over_several_tensors_is_the_sum_over_each(name):
     for x, y in zip(together, alone):
         assert torch.allclose(x.grad, y.grad, rtol=1e-12, atol=1e-15)
     assert torch.equal(together[3].grad, torch.zeros(4, dtype=torch.float64))
+    assert float(fn()) == 0                      # no tensors: nothing to add
