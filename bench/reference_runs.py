@@ -513,6 +513,12 @@ def run_stage(stage, paper, seed, repos, work, threads, nice, fp=None):
 _OUTPUTS = {}
 
 
+def register_outputs(paper, stages):
+    """Where each stage leaves its model, for run_stage to copy into the stages started from it."""
+    for name, st in stages.items():
+        _OUTPUTS[(paper, name)] = st.output
+
+
 def _stage_output(name, paper):
     return _OUTPUTS[(paper, name)]
 
@@ -527,8 +533,7 @@ def run_paper(paper, stages, seeds, repos, work, threads, nice, collect=False):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         sys.exit(f"error: another reference_runs.py is running in {Path(work) / paper}; wait for it or use --work")
-    for name, st in stages.items():
-        _OUTPUTS[(paper, name)] = st.output
+    register_outputs(paper, stages)
     order, seen = [], set()
 
     def visit(name):

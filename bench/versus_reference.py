@@ -62,8 +62,8 @@ class Recipe:
         self.paper, self.row, self.repos, self.threads = paper, RECIPES[paper], repos, threads
         self.work = Path(work).resolve() / paper   # the harness runs from ROOT
         stages = reference_runs.plan(paper, [self.row])
+        reference_runs.register_outputs(paper, stages)
         for name, stage in stages.items():       # the reference's starting model (a finished one is kept)
-            reference_runs._OUTPUTS[(paper, name)] = stage.output
             if name != self.row:
                 reference_runs.run_stage(stage, paper, 0, repos, self.work / "reference", threads, nice=0)
         self.stage = stages[self.row]

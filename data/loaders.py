@@ -101,7 +101,7 @@ class TensorLoader(Sharded):
                 break
             lo, hi = shard_bounds(size, self.rank, self.world)
             idx = idx[lo:hi]
-            xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)   # [idx]: 7x slower on a CPU
+            xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)   # [idx]: 3-7x slower on a CPU
             if self.info.augment == "crop_flip":
                 xb = random_crop_flip(xb, self.pad_value, g, part=(size, lo, hi))
             yield xb, yb
